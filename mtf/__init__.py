@@ -1,0 +1,1 @@
+"""mtf: multilingual multitask finetuning of mT5 in JAX."""

@@ -1,0 +1,64 @@
+"""`python -m mtf.convert --from {hf,t5x,mtf} --to {hf,mtf} SRC DST`.
+
+Examples:
+  python -m mtf.convert --from t5x --to mtf \
+      gs://t5-data/pretrained_models/t5x/mt5_small/checkpoint_1000000 /ckpt/mt5_small
+  python -m mtf.convert --from hf --to mtf ./mt0-small /ckpt/mt0_small
+  python -m mtf.convert --from mtf --to hf /ckpt/mt0_small ./mt0-small-export
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtf.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source_format", required=True,
+                        choices=["hf", "t5x", "mtf"])
+    parser.add_argument("--to", dest="target_format", required=True, choices=["hf", "mtf"])
+    parser.add_argument("--max_distance", type=int, default=128,
+                        help="T5X only: relative attention max distance (not in the weights)")
+    parser.add_argument("source")
+    parser.add_argument("target")
+    args = parser.parse_args(argv)
+
+    from mtf.convert import (
+        CheckpointError,
+        infer_config,
+        load_hf,
+        load_params,
+        load_t5x,
+        read_t5x_tree,
+        save_hf,
+        save_params,
+    )
+
+    try:
+        if args.source_format == "hf":
+            config, params = load_hf(args.source)
+        elif args.source_format == "mtf":
+            config, params = load_params(args.source)
+        else:
+            target = read_t5x_tree(args.source)["optimizer"].get("target", {})
+            config = infer_config(target, relative_attention_max_distance=args.max_distance)
+            params = load_t5x(args.source, config)
+        if args.target_format == "hf":
+            save_hf(config, params, args.target)
+        else:
+            save_params(args.target, config, params)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.target_format} checkpoint to {args.target}")
+    print(config.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

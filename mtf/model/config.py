@@ -1,0 +1,83 @@
+"""The network's hyper-parameters, named as in T5X's `network.T5Config`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+
+ACTIVATIONS = ("gelu", "relu", "linear")
+REMAT_POLICIES = ("none", "full", "minimal")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Shapes and switches of a T5.1.1 / mT5 encoder-decoder.
+
+    Field names follow T5X so gin files and habits carry over; the extra fields
+    (relative attention buckets, remat, scan) are the ones T5X hard-codes.
+    """
+
+    vocab_size: int
+    emb_dim: int
+    num_heads: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    head_dim: int
+    mlp_dim: int
+    mlp_activations: tuple[str, ...] = ("gelu", "linear")
+    dtype: str = "float32"  # activation dtype; parameters are always float32
+    dropout_rate: float = 0.1
+    logits_via_embedding: bool = False
+    float32_attention_logits: bool = False
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    remat_policy: str = "none"  # 'none', 'full' or 'minimal' (saves matmul outputs)
+    scan_layers: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        for name in ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
+                     "num_decoder_layers", "head_dim", "mlp_dim",
+                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"T5Config.{name} must be a positive integer, got {value!r}")
+        bad = [a for a in self.mlp_activations if a not in ACTIVATIONS]
+        if bad or not self.mlp_activations:
+            raise ValueError(
+                f"T5Config.mlp_activations={self.mlp_activations!r}: each must be one of "
+                f"{ACTIVATIONS} (mT5 uses ('gelu', 'linear'))")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"T5Config.remat_policy={self.remat_policy!r}: use one of {REMAT_POLICIES}")
+        try:
+            jnp.dtype(self.dtype)
+        except TypeError as e:
+            raise ValueError(
+                f"T5Config.dtype={self.dtype!r} is not a dtype; use 'float32' or 'bfloat16'"
+            ) from e
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)")
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes: Any) -> T5Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> T5Config:
+        fields = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown T5Config fields {unknown}; known: {sorted(known)}")
+        return cls(**fields)

@@ -1,0 +1,269 @@
+"""T5.1.1 building blocks, each parameter and large activation named by logical axes.
+
+Logical names (`embed`, `mlp`, `heads`, `kv`, `joined_kv`, `vocab`, `batch`, `length`,
+`relpos_buckets`) are T5X's; the mesh mapping lives in a rule table elsewhere, so the
+model never knows how it is sharded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+NEG_INF = -1e10  # T5X's additive mask value: large but finite, safe in bf16
+
+
+def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+                  axes: tuple[str, ...]) -> Array:
+    """A float32 parameter annotated with its logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape),
+                        jnp.float32)
+
+
+def constrain(x: Array, axes: tuple[str, ...]) -> Array:
+    """Logical sharding constraint; a no-op outside a mesh with rules."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class Dense(nn.Module):
+    """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X checkpoints."""
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str, str]
+    axis: int | tuple[int, ...] = -1
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axis = tuple(a % x.ndim for a in axis)
+        in_shape = tuple(x.shape[a] for a in axis)
+        kernel = logical_param(self, "kernel", self.kernel_init,
+                               (int(np.prod(in_shape)), int(np.prod(features))),
+                               self.kernel_axes)
+        kernel = jnp.reshape(kernel.astype(self.dtype), in_shape + features)
+        x = x.astype(self.dtype)
+        return lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+
+
+class Embed(nn.Module):
+    """Token embedding shared by encoder and decoder (and the logits if tied)."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+    def setup(self) -> None:
+        self.embedding = logical_param(self, "embedding", self.embedding_init,
+                                       (self.num_embeddings, self.features), ("vocab", "embed"))
+
+    def __call__(self, tokens: Array) -> Array:
+        out = jnp.take(self.embedding.astype(self.dtype), tokens.astype(jnp.int32), axis=0)
+        return constrain(out, ("batch", "length", "embed"))
+
+    def attend(self, x: Array) -> Array:
+        """Logits by dot product with the embedding table (T5 v1.0 tied logits)."""
+        return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale only, no mean subtraction, computed in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * lax.rsqrt(var + self.epsilon)
+        scale = logical_param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        return (y * scale).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+    """Mesh-TF's bucketing: exact for small distances, logarithmic up to max_distance."""
+    n = -relative_position
+    bucket = jnp.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # Clamp before the log so that distance 0 gives no -inf (it is masked by is_small anyway).
+    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / np.log(
+        max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(is_small, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+    """One bias table per stack, shared by all its layers: [heads, buckets]."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+    embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+    @nn.compact
+    def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
+        """Returns the bias [1, heads, qlen, klen]."""
+        context = np.arange(qlen, dtype=np.int32)[:, None]
+        memory = np.arange(klen, dtype=np.int32)[None, :]
+        buckets = relative_position_bucket(jnp.asarray(memory - context), bidirectional,
+                                           self.num_buckets, self.max_distance)
+        table = logical_param(self, "rel_embedding", self.embedding_init,
+                              (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+        # A one-hot contraction rather than a gather: cheap (buckets are few) and TPU friendly.
+        one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)
+        values = jnp.einsum("hb,qkb->hqk", table.astype(self.dtype), one_hot)
+        return values[None]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None,
+                          dropout_rng: Array | None, dropout_rate: float, dtype: jnp.dtype,
+                          float32_logits: bool) -> Array:
+    """Unscaled attention (T5 folds 1/sqrt(d) into the query initialiser)."""
+    if float32_logits:
+        query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+    weights = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+    if bias is not None:
+        weights = weights + bias.astype(weights.dtype)
+    weights = jax.nn.softmax(weights.astype(jnp.float32)).astype(dtype)
+    if dropout_rng is not None:
+        keep_prob = 1.0 - dropout_rate
+        shape = list(weights.shape)
+        shape[-2] = 1  # T5 broadcasts attention dropout along the query length
+        keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+        weights = weights * (keep.astype(dtype) / jnp.asarray(keep_prob, dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with an optional autoregressive key/value cache."""
+
+    num_heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+    dropout_rate: float = 0.0
+    float32_logits: bool = False
+    kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
+                 bias: Array | None = None, *, decode: bool = False,
+                 deterministic: bool = True) -> Array:
+        depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
+
+        def query_init(*args):
+            return self.kernel_init(*args) / depth_scaling
+
+        project = functools.partial(Dense, features=(self.num_heads, self.head_dim),
+                                    kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
+        query = project(kernel_init=query_init, name="query")(inputs_q)
+        key = project(kernel_init=self.kernel_init, name="key")(inputs_kv)
+        value = project(kernel_init=self.kernel_init, name="value")(inputs_kv)
+        qkv_axes = ("batch", "length", "heads", "kv")
+        query, key, value = (constrain(t, qkv_axes) for t in (query, key, value))
+
+        if decode:
+            key, value, mask, bias = self._use_cache(query, key, value, mask, bias)
+
+        attention_bias = None
+        if mask is not None:
+            attention_bias = jnp.where(mask > 0, 0.0, NEG_INF).astype(self.dtype)
+        if bias is not None:
+            attention_bias = bias if attention_bias is None else attention_bias + bias
+
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        x = dot_product_attention(query, key, value, attention_bias, dropout_rng,
+                                  self.dropout_rate, self.dtype, self.float32_logits)
+        x = constrain(x, qkv_axes)
+        return Dense(features=inputs_q.shape[-1], axis=(-2, -1),
+                     kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
+                     dtype=self.dtype, name="out")(x)
+
+    def _use_cache(self, query, key, value, mask, bias):
+        """Writes this step's key/value into the cache and attends over the filled prefix.
+
+        The first call (at init, with the full decode length) only creates the cache.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
+                                     value.dtype)
+        cache_index = self.variable("cache", "cache_index",
+                                    lambda: jnp.array(0, dtype=jnp.int32))
+        if not initialized:
+            return key, value, mask, bias
+        batch, length, heads, depth = cached_key.value.shape
+        if query.shape != (batch, 1, heads, depth):
+            raise ValueError(f"decoding feeds one position at a time: expected query shape "
+                             f"{(batch, 1, heads, depth)}, got {query.shape}")
+        index = cache_index.value
+        key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                       (0, index, 0, 0))
+        value = lax.dynamic_update_slice(cached_value.value,
+                                         value.astype(cached_value.value.dtype),
+                                         (0, index, 0, 0))
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = index + 1
+        filled = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))
+        mask = filled if mask is None else jnp.logical_and(mask, filled)
+        if bias is not None:  # the full [1, h, L, L] table: keep the current query's row
+            bias = lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+        return key, value, mask, bias
+
+
+ACTIVATION_FNS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # T5X and HF's gelu_new
+    "relu": jax.nn.relu,
+    "linear": lambda x: x,
+}
+
+
+class MlpBlock(nn.Module):
+    """Feed-forward block; several activations multiply (gated-GeLU for mT5)."""
+
+    intermediate_dim: int
+    activations: tuple[str, ...]
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        hidden = None
+        for i, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            h = Dense(self.intermediate_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype,
+                      kernel_init=self.kernel_init, name=name)(x)
+            h = ACTIVATION_FNS[act](h)
+            hidden = h if hidden is None else hidden * h
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=deterministic)
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        return Dense(x.shape[-1], kernel_axes=("mlp", "embed"), dtype=self.dtype,
+                     kernel_init=self.kernel_init, name="wo")(hidden)

@@ -1,0 +1,77 @@
+"""Parameter trees: initialisation, abstract shapes, logical axes, scanned <-> unscanned."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from mtf.model.config import T5Config
+from mtf.model.network import Transformer
+
+Params = dict[str, Any]
+STACKS = {"encoder": "num_encoder_layers", "decoder": "num_decoder_layers"}
+
+
+def _init_inputs(batch: int = 1, length: int = 1) -> dict[str, jax.Array]:
+    tokens = jnp.ones((batch, length), jnp.int32)
+    return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens,
+            "decoder_target_tokens": tokens}
+
+
+def _boxed_init(config: T5Config, rng: jax.Array) -> Params:
+    return Transformer(config).init(rng, **_init_inputs(), enable_dropout=False)["params"]
+
+
+def init_params(config: T5Config, rng: jax.Array) -> Params:
+    """Randomly initialised float32 parameters (T5X's initialisers)."""
+    return nn.meta.unbox(_boxed_init(config, rng))
+
+
+def _abstract_boxed(config: T5Config) -> Params:
+    return jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+
+
+def abstract_params(config: T5Config) -> Params:
+    """The parameter tree as ShapeDtypeStructs, without allocating anything."""
+    return nn.meta.unbox(_abstract_boxed(config))
+
+
+def logical_axes(config: T5Config) -> Params:
+    """The tree of logical-axis PartitionSpecs, one per parameter."""
+    return nn.get_partition_spec(_abstract_boxed(config))
+
+
+def flat_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """'encoder/layers_0/attention/query/kernel' -> shape, for checking checkpoints."""
+    flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def scan_params(params: Params, config: T5Config) -> Params:
+    """Stacks `layers_N` subtrees into one `layers` subtree with a leading layer axis."""
+    out = dict(params)
+    for stack, count_field in STACKS.items():
+        tree = dict(params[stack])
+        layers = [tree.pop(f"layers_{i}") for i in range(getattr(config, count_field))]
+        tree["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                      *layers)
+        out[stack] = tree
+    return out
+
+
+def unscan_params(params: Params, config: T5Config) -> Params:
+    """Inverse of `scan_params`."""
+    out = dict(params)
+    for stack, count_field in STACKS.items():
+        tree = dict(params[stack])
+        stacked = tree.pop("layers")
+        for i in range(getattr(config, count_field)):
+            tree[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+        out[stack] = tree
+    return out

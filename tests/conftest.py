@@ -1,0 +1,32 @@
+"""Shared test set-up: quiet TensorFlow, locate the third-party fixtures."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    if not FIXTURES.exists():
+        pytest.skip(f"third-party fixtures not found at {FIXTURES} (../shared/fixtures)")
+    return FIXTURES
+
+
+def random_batch(rng: np.random.Generator, vocab: int, batch: int = 3, inputs: int = 9,
+                 targets: int = 7) -> dict[str, np.ndarray]:
+    """Token batch with trailing padding of different lengths per row (0 = pad, BOS)."""
+    enc = rng.integers(2, vocab, size=(batch, inputs)).astype(np.int32)
+    tgt = rng.integers(2, vocab, size=(batch, targets)).astype(np.int32)
+    for row in range(batch):
+        enc[row, inputs - row * 2:] = 0
+        tgt[row, targets - row:] = 0
+    dec_in = np.zeros_like(tgt)
+    dec_in[:, 1:] = tgt[:, :-1]
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+            "decoder_target_tokens": tgt}

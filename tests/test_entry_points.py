@@ -1,0 +1,90 @@
+"""The commands users type: `python -m mtf.launch` and `python -m mtf.convert`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gin
+import pytest
+
+from mtf import config as gin_config
+from mtf.convert import load_params, load_t5x
+from mtf.model import T5Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=REPO):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_launch_runs_embedded_default_from_any_directory(tmp_path):
+    result = run("mtf.launch", "--gin_file=gin/mt0_tiny.gin",
+                 "--gin.forward.forward_pass.batch_size=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "logits (2, 32, 4224)" in result.stdout
+    assert "random-init cross-entropy" in result.stdout
+
+
+def test_launch_names_the_bad_binding():
+    result = run("mtf.launch", "--gin.forward.forward_pass.batch_sise=2")
+    assert result.returncode == 2
+    assert "--gin.forward.forward_pass.batch_sise=2" in result.stderr
+    assert "batch_sise" in result.stderr
+    result = run("mtf.launch", "--gin_file=gin/nope.gin")
+    assert result.returncode == 2 and "gin file 'gin/nope.gin' not found" in result.stderr
+
+
+@pytest.mark.parametrize("size,emb,heads,layers,mlp", [
+    ("small", 512, 6, 8, 1024), ("base", 768, 12, 12, 2048), ("large", 1024, 16, 24, 2816),
+    ("xl", 2048, 32, 24, 5120), ("xxl", 4096, 64, 24, 10240)])
+def test_model_gin_files_have_published_shapes(size, emb, heads, layers, mlp):
+    gin.clear_config()
+    try:
+        gin_config.parse([f"models/mt5_{size}.gin"])
+        config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    assert isinstance(config, T5Config)
+    assert (config.emb_dim, config.num_heads, config.num_encoder_layers,
+            config.num_decoder_layers, config.mlp_dim, config.head_dim, config.vocab_size) == (
+        emb, heads, layers, layers, mlp, 64, 250112)
+    assert config.mlp_activations == ("gelu", "linear") and not config.logits_via_embedding
+
+
+def test_bare_string_bindings_are_quoted():
+    assert gin_config.normalize_binding("MODEL_DIR=/tmp/run") == "MODEL_DIR = '/tmp/run'"
+    assert gin_config.normalize_binding("TRAIN_STEPS=1000") == "TRAIN_STEPS = 1000"
+    assert gin_config.normalize_binding("X=%Y") == "X = %Y"
+    assert gin_config.normalize_binding("L={'inputs': 8}") == "L = {'inputs': 8}"
+    with pytest.raises(gin_config.ConfigError, match="NAME=VALUE"):
+        gin_config.normalize_binding("no equals sign")
+
+
+def test_convert_cli_t5x_to_mtf_to_hf_and_back(fixtures, tmp_path):
+    t5x = fixtures / "t5x" / "test_t5_tiny.checkpoint_0"
+    result = run("mtf.convert", "--from", "t5x", "--to", "mtf", str(t5x), str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    config, params = load_params(tmp_path / "m")
+    assert config.emb_dim == 8 and config.num_heads == 4
+    result = run("mtf.convert", "--from", "mtf", "--to", "hf", str(tmp_path / "m"),
+                 str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    result = run("mtf.convert", "--from", "hf", "--to", "mtf", str(tmp_path / "hf"),
+                 str(tmp_path / "m2"))
+    assert result.returncode == 0, result.stderr
+    _, again = load_params(tmp_path / "m2")
+    reference = load_t5x(t5x)
+    import jax
+    import numpy as np
+
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, again), reference)
+
+
+def test_convert_cli_reports_bad_input(tmp_path):
+    result = run("mtf.convert", "--from", "hf", "--to", "mtf", str(tmp_path), str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert "config.json not found" in result.stderr
