@@ -1,0 +1,96 @@
+"""The train step: microbatched loss and gradients that are exact for any microbatch count."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtf import losses
+from mtf.model import T5Config, Transformer
+
+Batch = dict[str, jax.Array]
+MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                "decoder_positions")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    normalizing_factor: str | float = losses.TOKENS
+    z_loss: float = 1e-4
+    label_smoothing: float = 0.0
+
+
+def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
+               loss: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Numerator (differentiated) and the summed statistics of one microbatch."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    logits = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
+                         rngs=rngs)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
+    per_token, z = losses.token_cross_entropy(logits, targets, loss.z_loss,
+                                              loss.label_smoothing)
+    numerator, denominator = losses.loss_terms(per_token, weights, loss.normalizing_factor,
+                                               batch.get("decoder_segment_ids"))
+    z_numerator, _ = losses.loss_terms(z, weights, loss.normalizing_factor,
+                                       batch.get("decoder_segment_ids"))
+    return numerator, {"denominator": denominator, "z_numerator": z_numerator,
+                       "tokens": jnp.sum(weights)}
+
+
+def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
+              loss: LossConfig, num_microbatches: int = 1):
+    """(loss, grads, stats): sums over microbatches, one division at the end."""
+    grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
+    if num_microbatches == 1:
+        (numerator, stats), grads = grad_fn(params, batch, dropout_rng, model, loss)
+    else:
+        size = next(iter(batch.values())).shape[0]
+        if size % num_microbatches:
+            raise ValueError(f"batch size {size} is not divisible by "
+                             f"{num_microbatches} microbatches")
+        micro = jax.tree.map(
+            lambda x: x.reshape((num_microbatches, size // num_microbatches) + x.shape[1:]),
+            batch)
+
+        def body(carry, xs):
+            index, mb = xs
+            rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+            (num, st), g = grad_fn(params, mb, rng, model, loss)
+            return jax.tree.map(jnp.add, carry, (num, st, g)), None
+
+        zero = (jnp.zeros((), jnp.float32),
+                {"denominator": jnp.zeros(()), "z_numerator": jnp.zeros(()),
+                 "tokens": jnp.zeros(())},
+                jax.tree.map(jnp.zeros_like, params))
+        (numerator, stats, grads), _ = jax.lax.scan(
+            body, zero, (jnp.arange(num_microbatches), micro))
+    norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
+    grads = jax.tree.map(lambda g: g / norm, grads)
+    return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,
+                                     "tokens": stats["tokens"]}
+
+
+def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *,
+               config: T5Config, optimizer: optax.GradientTransformation, loss: LossConfig,
+               num_microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+    model = Transformer(config)
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, state.step)
+    value, grads, stats = gradients(state.params, batch, rng, model, loss, num_microbatches)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **stats}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
