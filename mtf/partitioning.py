@@ -1,0 +1,90 @@
+"""The device mesh, the one logical-axis rule table, and the shardings derived from it.
+
+The model names axes logically; this table alone decides parallelism. Mesh axes:
+`data` (batch), `fsdp` (batch, and parameters / optimizer state fully sharded),
+`model` (tensor parallel over heads, mlp and vocab).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "model")
+
+# logical name -> mesh axes. Parameters shard `embed` over fsdp (FSDP/ZeRO-3) and the
+# wide dimensions over model (Megatron-style); activations shard batch over data x fsdp.
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("joined_kv", "model"),
+    ("kv", None),
+    ("relpos_buckets", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Resolves one -1 ("the rest") and checks the product equals the device count."""
+    sizes = list(sizes)
+    if len(sizes) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {sizes} must give a size for each of {MESH_AXES}")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"mesh shape {sizes} does not divide {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes, strict=True))} uses "
+                         f"{int(np.prod(sizes))} devices, but there are {num_devices}")
+    return tuple(sizes)
+
+
+def make_mesh(sizes: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over all devices of all hosts, (data, fsdp, model)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(sizes, len(devices))
+    try:
+        device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # topology-aware placement is a TPU nicety; fall back to plain order
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh,
+                        rules: Sequence[tuple[str, Any]] = RULES) -> Any:
+    """A tree of logical PartitionSpecs -> NamedShardings on `mesh`."""
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = RULES) -> NamedSharding:
+    """[batch, length] arrays: batch over the data-parallel axes."""
+    (spec,) = nn.logical_to_mesh([PartitionSpec("batch", "length")], rules)
+    return NamedSharding(mesh, spec)
+
+
+def unannotated(logical_specs: Any, abstract: Any) -> list[str]:
+    """Paths of parameters whose logical spec is missing or of the wrong rank."""
+    bad = []
+    specs = jax.tree_util.tree_leaves_with_path(
+        logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+    leaves = jax.tree_util.tree_leaves_with_path(abstract)
+    spec_by_path = {jax.tree_util.keystr(p): s for p, s in specs}
+    for path, leaf in leaves:
+        spec = spec_by_path.get(jax.tree_util.keystr(path))
+        if spec is None or len(spec) != len(leaf.shape):
+            bad.append(jax.tree_util.keystr(path))
+    return bad

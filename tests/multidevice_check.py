@@ -1,0 +1,57 @@
+"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set before jax imports)."""
+# ruff: noqa: E402
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from mtf import partitioning
+from mtf.model import T5Config, Transformer
+from mtf.optim import make_optimizer
+from mtf.state import init_state
+from mtf.step import LossConfig, gradients
+
+assert jax.device_count() == 8, jax.devices()
+CONFIG = T5Config(vocab_size=64, emb_dim=32, num_heads=4, num_encoder_layers=2,
+                  num_decoder_layers=2, head_dim=8, mlp_dim=64, dropout_rate=0.0)
+rng = np.random.default_rng(0)
+tgt = rng.integers(2, 64, (8, 6)).astype(np.int32)
+tgt[::3, 4:] = 0
+dec = np.zeros_like(tgt)
+dec[:, 1:] = tgt[:, :-1]
+BATCH = {"encoder_input_tokens": rng.integers(2, 64, (8, 10)).astype(np.int32),
+         "decoder_input_tokens": dec, "decoder_target_tokens": tgt}
+optimizer = make_optimizer("adafactor")
+loss_config = LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE")
+
+
+def run(shape, microbatches=1):
+    devices = jax.devices()[:1] if shape == (1, 1, 1) else None
+    mesh = partitioning.make_mesh(shape, devices)
+    state = init_state(CONFIG, optimizer, mesh, jax.random.key(0))
+    batch = jax.device_put(BATCH, partitioning.batch_sharding(mesh))
+    model = Transformer(CONFIG)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+        fn = jax.jit(lambda p, b: gradients(p, b, None, model, loss_config, microbatches))
+        loss, grads, _ = fn(state.params, batch)
+    embedding = state.params["token_embedder"]["embedding"]
+    return float(loss), jax.tree.map(np.asarray, grads), embedding.sharding
+
+
+reference_loss, reference_grads, sharding = run((1, 1, 1))
+for shape, k in [((8, 1, 1), 1), ((2, 2, 2), 1), ((1, 4, 2), 2), ((2, 1, 4), 4), ((-1, 2, 2), 2)]:
+    loss, grads, sharding = run(shape, k)
+    assert abs(loss - reference_loss) < 1e-5 * abs(reference_loss), (shape, loss)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                 grads, reference_grads)
+    print(shape, k, "loss", loss, "embedding sharding", sharding.spec)
+# the (vocab, embed) table is really split over model x fsdp on the 2x2x2 mesh
+_, _, sharding = run((2, 2, 2))
+assert sharding.spec == jax.sharding.PartitionSpec("model", "fsdp"), sharding.spec
+print("ok")
+sys.exit(0)
