@@ -210,6 +210,11 @@ def _weight_files(path: Path) -> list[Path]:
                           "model.safetensors.index.json, pytorch_model.bin or its index")
 
 
+def _substitute(table: list[tuple[str, str, bool]], old: str, new: str
+                ) -> list[tuple[str, str, bool]]:
+    return [(p, new if hf == old else hf, t) for p, hf, t in table]
+
+
 def load_hf(path: str | os.PathLike) -> tuple[T5Config, Params]:
     """Reads a local HF MT5/T5 (gated-GeLU) directory into (T5Config, float32 params)."""
     path = Path(path)
@@ -220,17 +225,12 @@ def load_hf(path: str | os.PathLike) -> tuple[T5Config, Params]:
     config = config_from_hf(json.loads(config_file.read_text()))
     source = _TensorSource(path)
     table = name_map(config)
-    names = {hf for _, hf, _ in table}
-    if (config.logits_via_embedding is False and "lm_head.weight" not in source.shapes
+    if (not config.logits_via_embedding and "lm_head.weight" not in source.shapes
             and "shared.weight" in source.shapes):
-        # HF v5 saves only `shared.weight` when lm_head is tied to it.
-        table = [(p, "shared.weight" if hf == "lm_head.weight" else hf, t)
-                 for p, hf, t in table]
-        names = {hf for _, hf, _ in table}
+        table = _substitute(table, "lm_head.weight", "shared.weight")  # HF v5 tied save
     if "shared.weight" not in source.shapes and "encoder.embed_tokens.weight" in source.shapes:
-        table = [(p, "encoder.embed_tokens.weight" if hf == "shared.weight" else hf, t)
-                 for p, hf, t in table]
-        names = {hf for _, hf, _ in table}
+        table = _substitute(table, "shared.weight", "encoder.embed_tokens.weight")
+    names = {hf for _, hf, _ in table}
     expected = {}
     shapes = flat_shapes(config.replace(scan_layers=False))
     for mtf_path, hf_name, transposed in table:
@@ -267,23 +267,16 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = []
     current: dict[str, np.ndarray] = {}
-    current_bytes = 0
+    current_bytes = total = count = 0
     weight_map: dict[str, int] = {}
-    total = 0
 
-    def flush() -> None:
-        nonlocal current, current_bytes
-        if current:
-            shards.append(current)
-            index = len(shards)
-            tmp = path / f".shard-{index}.tmp"
-            save_file(current, str(tmp), metadata={"format": "pt"})
-            for name in current:
-                weight_map[name] = index
-            current, current_bytes = {}, 0
-            shards[-1] = {}  # drop the arrays; only their count matters now
+    def flush() -> None:  # writes the pending tensors as shard number `count`
+        nonlocal current, current_bytes, count
+        count += 1
+        save_file(current, str(path / f".shard-{count}.tmp"), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(current, count))
+        current, current_bytes = {}, 0
 
     for name, array in _hf_tensors(config, params):
         if current and current_bytes + array.nbytes > max_shard_bytes:
@@ -293,7 +286,6 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
         total += array.nbytes
     flush()
 
-    count = len(shards)
     if count == 1:
         os.replace(path / ".shard-1.tmp", path / "model.safetensors")
     else:
