@@ -50,6 +50,23 @@ def _segment_token_counts(weights: Array, segment_ids: Array | None) -> Array:
     return counts[ids].reshape(batch, length)
 
 
+def normalization_weights(weights: Array, mode: str | float,
+                          segment_ids: Array | None = None) -> tuple[Array, Array]:
+    """(per-token weights, denominator) of a normalisation mode; see `loss_terms`."""
+    weights = weights.astype(jnp.float32)
+    if mode == TOKENS:
+        return weights, jnp.sum(weights)
+    if mode == PER_SEQUENCE:
+        counts = _segment_token_counts(weights, segment_ids)
+        share = jnp.where(counts > 0, weights / jnp.maximum(counts, 1.0), 0.0)
+        # each sequence's shares sum to 1, so the shares add up to the sequence count
+        return share, jnp.sum(share)
+    if isinstance(mode, int | float) and not isinstance(mode, bool) and mode > 0:
+        return weights, jnp.zeros((), jnp.float32)
+    raise ValueError(f"LOSS_NORMALIZING_FACTOR={mode!r}: use {TOKENS!r}, {PER_SEQUENCE!r} or "
+                     "a positive number")
+
+
 def loss_terms(per_token: Array, weights: Array, mode: str | float,
                segment_ids: Array | None = None) -> tuple[Array, Array]:
     """(numerator, denominator) of the batch loss under a normalisation mode.
@@ -58,18 +75,8 @@ def loss_terms(per_token: Array, weights: Array, mode: str | float,
     sequence, or packed segment, averaged over its own tokens, then over sequences) or a
     number (sum of token losses divided by that constant, T5X's default 233472).
     """
-    weights = weights.astype(jnp.float32)
-    if mode == TOKENS:
-        return jnp.sum(per_token * weights), jnp.sum(weights)
-    if mode == PER_SEQUENCE:
-        counts = _segment_token_counts(weights, segment_ids)
-        share = jnp.where(counts > 0, weights / jnp.maximum(counts, 1.0), 0.0)
-        # each sequence's shares sum to 1, so the shares add up to the sequence count
-        return jnp.sum(per_token * share), jnp.sum(share)
-    if isinstance(mode, int | float) and not isinstance(mode, bool) and mode > 0:
-        return jnp.sum(per_token * weights), jnp.zeros((), jnp.float32)
-    raise ValueError(f"LOSS_NORMALIZING_FACTOR={mode!r}: use {TOKENS!r}, {PER_SEQUENCE!r} or "
-                     "a positive number")
+    token_weights, denominator = normalization_weights(weights, mode, segment_ids)
+    return jnp.sum(per_token * token_weights), denominator
 
 
 def normalizer(mode: str | float, summed_denominator: Array) -> Array:

@@ -43,12 +43,11 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
     per_token, z = losses.token_cross_entropy(logits, targets, loss.z_loss,
                                               loss.label_smoothing)
-    numerator, denominator = losses.loss_terms(per_token, weights, loss.normalizing_factor,
-                                               batch.get("decoder_segment_ids"))
-    z_numerator, _ = losses.loss_terms(z, weights, loss.normalizing_factor,
-                                       batch.get("decoder_segment_ids"))
-    return numerator, {"denominator": denominator, "z_numerator": z_numerator,
-                       "tokens": jnp.sum(weights)}
+    token_weights, denominator = losses.normalization_weights(
+        weights, loss.normalizing_factor, batch.get("decoder_segment_ids"))
+    return jnp.sum(per_token * token_weights), {
+        "denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
+        "tokens": jnp.sum(weights)}
 
 
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
@@ -72,10 +71,11 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
             (num, st), g = grad_fn(params, mb, rng, model, loss)
             return jax.tree.map(jnp.add, carry, (num, st, g)), None
 
-        zero = (jnp.zeros((), jnp.float32),
-                {"denominator": jnp.zeros(()), "z_numerator": jnp.zeros(()),
-                 "tokens": jnp.zeros(())},
-                jax.tree.map(jnp.zeros_like, params))
+        first = jax.tree.map(lambda x: x[0], micro)
+        (num_shape, stats_shape), _ = jax.eval_shape(
+            lambda p, b, r: grad_fn(p, b, r, model, loss), params, first, dropout_rng)
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (num_shape, stats_shape))
+        zero = (*zero, jax.tree.map(jnp.zeros_like, params))
         (numerator, stats, grads), _ = jax.lax.scan(
             body, zero, (jnp.arange(num_microbatches), micro))
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
