@@ -1,0 +1,9 @@
+"""seqio registrations: `import tasks` registers mtf's tasks and mixtures.
+
+Always: the embedded `mini_xp3` mixture and `mini_xp3_heldout` (tasks/mini_xp3.py).
+When XP3_DIR points at an xP3 tree: `xp3_<lang>` and the `xp3` mixtures (tasks/xp3.py).
+Evaluation sets, Flores and x-LLaMA data register when their *_DIR variables are set
+(tasks/heldout.py, tasks/crosslingual.py). Add your own task in a module here.
+"""
+
+from tasks import crosslingual, heldout, mini_xp3, xp3  # noqa: F401

@@ -1,0 +1,1 @@
+"""Multilingual prompted data: records, prompt templates, seqio tasks and mixtures, batches."""

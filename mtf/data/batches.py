@@ -1,0 +1,117 @@
+"""seqio task/mixture -> feature converter -> per-process numpy batches at a position.
+
+The stream is a pure function of (mixture, lengths, seed, process index/count), and its
+position is the number of batches consumed, saved with every checkpoint: a resumed run
+skips exactly that many batches and sees the examples the uninterrupted run would have.
+tf.data iterator checkpoints cannot hold Python-generator sources, hence skipping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from mtf.data import seqio_tasks
+
+_IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+# task feature -> model feature; per-token ids packed beside the targets they describe.
+METADATA_MODEL_FEATURES = {"targets_language": "decoder_language",
+                           "targets_task": "decoder_task"}
+
+
+class MetadataFeatureConverter(seqio.EncDecFeatureConverter):
+    """T5X's encoder-decoder features plus per-token language and task ids.
+
+    seqio's pass-through features refuse packing, so the ids are task features here and
+    are packed and padded like the targets (0 in padding).
+    """
+
+    TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES,
+                     **{k: _IDS for k in METADATA_MODEL_FEATURES}}
+    MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                      **{v: _IDS for v in METADATA_MODEL_FEATURES.values()}}
+
+    def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = dict(super()._convert_example(features))
+        out.update({v: features[k] for k, v in METADATA_MODEL_FEATURES.items()})
+        return out
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> dict[str, int]:
+        out = dict(super().get_model_feature_lengths(task_feature_lengths))
+        out.update({v: task_feature_lengths["targets"] for v in METADATA_MODEL_FEATURES.values()})
+        return out
+
+
+def feature_converter(pack: bool) -> seqio.FeatureConverter:
+    return MetadataFeatureConverter(pack=pack)
+
+
+def task_feature_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
+    for key in ("inputs", "targets"):
+        if key not in lengths:
+            raise ValueError(f"TASK_FEATURE_LENGTHS needs {key!r}; got {dict(lengths)}")
+    out = {"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])}
+    out.update({name: out["targets"] for name in seqio_tasks.METADATA_FEATURES})
+    return out
+
+
+def has_metadata(name: str) -> bool:
+    provider = seqio.get_mixture_or_task(name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    return all(set(seqio_tasks.METADATA_FEATURES) <= set(t.output_features) for t in tasks)
+
+
+@gin.configurable(module="mtf.data")
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the train loop reads: a seqio task or mixture at fixed lengths."""
+
+    mixture_or_task_name: str = "mini_xp3"
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"inputs": 128, "targets": 32})
+    split: str = "train"
+    pack: bool = True
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer_size: int = 10_000
+    use_cached: bool = False
+
+
+def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
+            process_count: int = 1) -> tf.data.Dataset:
+    """This process's share of the global batches (batch_size is the global size)."""
+    if batch_size % process_count:
+        raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
+                         "processes; choose a multiple")
+    try:
+        provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
+    except ValueError as e:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r} is not "
+                         "registered; is `import tasks` in the gin file, and is XP3_DIR set "
+                         f"for xP3? ({e})") from None
+    lengths = task_feature_lengths(config.task_feature_lengths)
+    converter = feature_converter(config.pack)
+    if not has_metadata(provider.name):
+        lengths = {k: lengths[k] for k in ("inputs", "targets")}
+        converter = seqio.EncDecFeatureConverter(pack=config.pack)
+    ds = seqio.get_dataset(
+        provider.name, task_feature_lengths=lengths, dataset_split=config.split,
+        shuffle=config.shuffle, num_epochs=None, seed=config.seed,
+        shard_info=seqio.ShardInfo(process_index, process_count),
+        use_cached=config.use_cached, feature_converter=converter)
+    return ds.batch(batch_size // process_count, drop_remainder=True)
+
+
+def batches(config: DataConfig, batch_size: int, position: int = 0, process_index: int = 0,
+            process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches starting after `position` batches (the resume point)."""
+    ds = dataset(config, batch_size, process_index, process_count)
+    if position:
+        ds = ds.skip(position)
+    return ds.prefetch(2).as_numpy_iterator()

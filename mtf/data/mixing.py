@@ -1,0 +1,81 @@
+"""Mixture rates: xP3's published language weights, capped proportional, temperature.
+
+seqio accepts a callable rate per task, evaluated when the mixture is first sampled, so
+sizes are counted lazily (counting a large xP3 tree at import would be slow).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+
+import gin
+
+from mtf.data import languages
+
+STRATEGIES = ("xp3", "proportional", "temperature")
+SizeFn = Callable[[], int]
+_SIZES: dict[str, SizeFn] = {}
+
+
+def register_size(task_name: str, count: SizeFn) -> None:
+    """`count()` gives the task's number of training examples (cached after first call)."""
+    _SIZES[task_name] = functools.cache(count)
+
+
+def size(task_name: str) -> int:
+    if task_name not in _SIZES:
+        raise KeyError(f"no example count registered for task {task_name!r}")
+    return _SIZES[task_name]()
+
+
+def proportional_rates(sizes: Mapping[str, int], cap: int | None) -> dict[str, float]:
+    """Examples-proportional mixing with T5's cap: rate = min(size, cap)."""
+    return {k: float(min(n, cap) if cap else n) for k, n in sizes.items()}
+
+
+def temperature_rates(sizes: Mapping[str, int], temperature: float,
+                      cap: int | None = None) -> dict[str, float]:
+    """rate ~ size^(1/T): T=1 is proportional, large T tends to uniform."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    capped = proportional_rates(sizes, cap)
+    return {k: n ** (1.0 / temperature) for k, n in capped.items()}
+
+
+def xp3_rates(langs: list[str]) -> dict[str, float]:
+    """xmtf's weights for the languages present (renormalised by seqio when sampling)."""
+    unknown = [c for c in langs if c not in languages.XP3_WEIGHTS]
+    if unknown:
+        raise ValueError(f"languages {unknown} have no xP3 weight; use the 'proportional' or "
+                         "'temperature' strategy for them")
+    return {c: languages.XP3_WEIGHTS[c] for c in langs}
+
+
+def normalized(rates: Mapping[str, float]) -> dict[str, float]:
+    total = sum(rates.values())
+    return {k: v / total for k, v in rates.items()}
+
+
+@gin.configurable(module="mtf.data.mixing")
+def mixing_options(cap: int | None = 100_000, temperature: float = 2.0) -> tuple[int | None,
+                                                                                  float]:
+    """Gin knobs for the proportional cap and the sampling temperature."""
+    return cap, temperature
+
+
+def rate_fn(strategy: str, language: str | None = None) -> Callable[[object], float]:
+    """A seqio rate callable for one task under `strategy` (see STRATEGIES)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"mixing strategy {strategy!r}; choose one of {STRATEGIES}")
+
+    def rate(task) -> float:
+        cap, temperature = mixing_options()
+        if strategy == "xp3":
+            return xp3_rates([language])[language]
+        n = size(task.name)
+        if strategy == "proportional":
+            return proportional_rates({task.name: n}, cap)[task.name]
+        return temperature_rates({task.name: n}, temperature, cap)[task.name]
+
+    return rate

@@ -1,0 +1,183 @@
+"""seqio glue: tasks over Python record streams, with splits and per-example metadata.
+
+Records come from generators (files read through tf.io.gfile, so local and gs:// paths
+work) rather than seqio's file sources so that every bad line is reported with its file
+and line number, which tf.data's readers cannot do.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import seqio
+import tensorflow as tf
+
+from mtf.data import languages, templates
+from mtf.data import records as records_lib
+
+METADATA_FEATURES = ("targets_language", "targets_task")
+SPLITS = ("train", "validation")
+RecordsFn = Callable[[], Iterable[Mapping[str, Any]]]
+
+
+TASK_NAMES: dict[int, str] = {}  # id -> name for every task id handed out in this process
+
+
+def task_id(name: str) -> int:
+    """A stable positive int32 for a task name (CRC-32); TASK_NAMES maps it back."""
+    value = (zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF) or 1
+    if TASK_NAMES.setdefault(value, name) != name:
+        raise ValueError(f"task names {name!r} and {TASK_NAMES[value]!r} share the id {value}; "
+                         "rename one")
+    return value
+
+
+def carved_split(key: str, validation_fraction: float) -> str:
+    """Deterministic train/validation assignment by content hash (same text, same split)."""
+    bucket = zlib.crc32(key.encode("utf-8")) % 10_000
+    return "validation" if bucket < validation_fraction * 10_000 else "train"
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    ids = seqio.PassThroughVocabulary(size=0)
+    return {
+        "inputs": seqio.Feature(vocabulary, add_eos=True, required=True),
+        "targets": seqio.Feature(vocabulary, add_eos=True, required=True),
+        "targets_language": seqio.Feature(ids, add_eos=False, required=False, dtype=tf.int32),
+        "targets_task": seqio.Feature(ids, add_eos=False, required=False, dtype=tf.int32),
+    }
+
+
+def prompted_examples(records: Iterable[Mapping[str, Any]], name: str,
+                      prompts: Sequence[templates.Template] | None, language: str | None,
+                      skip_bad_records: bool = False,
+                      report: records_lib.SkipReport = records_lib.SKIPPED
+                      ) -> Iterable[dict[str, Any]]:
+    """(inputs, targets, language, template) examples: records through every template.
+
+    With `prompts=None` the records are already prompted (`inputs`/`targets`, xP3).
+    A record's own `language` field wins over the task's language (xP3x). A record with an
+    unknown language or that a template cannot render stops the run, or is skipped and
+    counted when `skip_bad_records`.
+    """
+    tid = task_id(name)
+    for record in records:
+        where = record.get("_where", f"a record of task {name}")
+        try:
+            lang = languages.normalize(record.get("language") or language or "")
+            pairs = ([(record.get("template", ""), record["inputs"], record["targets"])]
+                     if prompts is None else
+                     [(t.id + ("" if t.language == "en" else f"@{t.language}"),
+                       *t.apply(record)) for t in prompts])
+        except (languages.LanguageError, templates.TemplateError) as e:
+            if not skip_bad_records:
+                raise records_lib.RecordError(f"{where}: {e}") from None
+            report.skip(name, f"{where}: {e}")
+            continue
+        for template_id, inputs, targets in pairs:
+            yield {"inputs": inputs, "targets": targets, "language": lang,
+                   "template": template_id, "language_id": languages.language_id(lang),
+                   "task_id": tid, "split": record.get("split", "")}
+
+
+_SIGNATURE = {
+    "inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string),
+    "language": tf.TensorSpec((), tf.string), "template": tf.TensorSpec((), tf.string),
+    "language_id": tf.TensorSpec((), tf.int32), "task_id": tf.TensorSpec((), tf.int32),
+}
+
+
+_CHOICE_SIGNATURE = {
+    **_SIGNATURE, "answer_choices": tf.TensorSpec((None,), tf.string),
+    "label": tf.TensorSpec((), tf.int32),
+}
+
+
+def choice_examples(examples: Iterable[Mapping[str, Any]], name: str) -> Iterable[dict]:
+    """Rank-classification examples as task examples: targets = the right choice."""
+    tid = task_id(name)
+    for e in examples:
+        yield {**e, "targets": e["answer_choices"][e["label"]], "task_id": tid,
+               "language_id": languages.language_id(e["language"]), "split": "validation"}
+
+
+def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
+                    validation_fraction: float = 0.05, splits: Sequence[str] = SPLITS,
+                    in_memory: bool = False, choices: bool = False
+                    ) -> seqio.FunctionDataSource:
+    """A seqio source over `examples_fn()`; a record's `split` field wins, else carved.
+
+    in_memory: build the split's examples once into tensors (fast, for small tasks such as
+    the mini-xP3); otherwise stream them through a Python generator (any size).
+    """
+
+    def in_split(example: Mapping[str, Any], split: str) -> bool:
+        own = example.get("split") or ""
+        if own:
+            return own == split or (split == "validation" and own in ("dev", "val"))
+        key = example["inputs"] + "\x00" + example["targets"]
+        return carved_split(key, validation_fraction) == split
+
+    signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
+
+    def generate(split: str):
+        for example in examples_fn():
+            if in_split(example, split):
+                yield {k: example[k] for k in signature}
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # one stream per task; shuffling happens after sharding
+        if in_memory:
+            rows = list(generate(split))
+            return tf.data.Dataset.from_tensor_slices(
+                {k: tf.constant([r[k] for r in rows], dtype=spec.dtype, shape=(len(rows),))
+                 for k, spec in _SIGNATURE.items()})
+        return tf.data.Dataset.from_generator(
+            functools.partial(generate, split), output_signature=signature)
+
+    return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+
+
+@seqio.map_over_dataset
+def add_metadata(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Per-token language and task ids beside `targets`, so they survive packing."""
+    out = dict(example)
+    length = tf.shape(example["targets"])
+    out["targets_language"] = tf.fill(length, tf.cast(example["language_id"], tf.int32))
+    out["targets_task"] = tf.fill(length, tf.cast(example["task_id"], tf.int32))
+    return out
+
+
+def register_task(name: str, examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
+                  vocabulary: seqio.Vocabulary, validation_fraction: float = 0.05,
+                  metric_fns: Sequence[Callable] = (), replace: bool = True,
+                  in_memory: bool = False, choices: bool = False) -> seqio.Task:
+    """Registers a seqio Task over prompted examples (tokenised, EOS, per-token metadata).
+
+    choices: the examples are rank-classification ones (`answer_choices`, `label`, see
+    `choice_examples`), kept as features for scoring every choice.
+    """
+    if replace and name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    splits = ("validation",) if validation_fraction >= 1.0 else SPLITS
+    return seqio.TaskRegistry.add(
+        name,
+        source=examples_source(examples_fn, validation_fraction, splits, in_memory, choices),
+        preprocessors=[
+            seqio.preprocessors.tokenize,
+            seqio.preprocessors.append_eos_after_trim,
+            add_metadata,
+        ],
+        output_features=output_features(vocabulary),
+        metric_fns=list(metric_fns),
+    )
+
+
+def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float | Callable]],
+                     replace: bool = True) -> seqio.Mixture:
+    if replace and name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, list(tasks_and_rates))

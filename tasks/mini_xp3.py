@@ -1,0 +1,88 @@
+"""The embedded mini-xP3: prompted multilingual tasks built from CLDR (no download).
+
+Training mixture `mini_xp3`: one task per language (`mini_xp3_<lang>`), four task types,
+English and in-language prompts. Held out (`mini_xp3_heldout`): the task type
+`currency_from_english` in every training language, and every task type in the held-out
+languages, to measure zero-shot task and language generalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import seqio
+
+from mtf.data import cldr, languages, metrics, mixing, seqio_tasks, templates
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates" / "mini_xp3.yaml"
+VOCABULARY_PATH = HERE / "vocab" / "mini_xp3.model"
+
+HELDOUT_LANGUAGES = ("ig", "ta", "eu")
+HELDOUT_TASK_TYPE = "currency_from_english"
+# tw is Akan in CLDR, the same data as ak; fon and tum are not in CLDR.
+LANGUAGES = tuple(c for c in languages.XP3_LANGUAGES
+                  if cldr.available(c) and c != "tw" and c not in HELDOUT_LANGUAGES)
+
+_TERMS = ("month", "weekday", "country", "language")
+TASK_TYPES: dict[str, tuple[Callable[[str], list[dict]], tuple[str, ...]]] = {
+    "term_from_english": (lambda c: cldr.term_records(c, _TERMS),
+                          ("translate_into", "kind_called")),
+    "term_to_english": (lambda c: cldr.term_records(c, _TERMS),
+                        ("translate_to_english", "word_means")),
+    "language_identification": (cldr.identification_records,
+                                ("which_language", "text_language")),
+    "autonym": (cldr.autonym_records, ("own_name", "native_name")),
+    HELDOUT_TASK_TYPE: (lambda c: cldr.term_records(c, ("currency",)),
+                        ("currency_called", "currency_translate")),
+}
+TRAINING_TASK_TYPES = tuple(t for t in TASK_TYPES if t != HELDOUT_TASK_TYPE)
+
+
+@functools.cache
+def template_set() -> templates.TemplateSet:
+    return templates.load_templates(TEMPLATES)
+
+
+@functools.cache
+def vocabulary() -> seqio.SentencePieceVocabulary:
+    return seqio.SentencePieceVocabulary(str(VOCABULARY_PATH), extra_ids=100)
+
+
+def examples(language: str, task_types: Iterable[str], prompts: str = "both") -> list[dict]:
+    """Every prompted example of `task_types` in `language` (metadata task = task type)."""
+    out: list[dict] = []
+    for task_type in task_types:
+        records_fn, ids = TASK_TYPES[task_type]
+        chosen = template_set().subset(ids).for_language(language, prompts)
+        out += seqio_tasks.prompted_examples(records_fn(language), task_type, chosen, language)
+    return out
+
+
+def _register(name: str, language: str, task_types: tuple[str, ...],
+              validation_fraction: float) -> str:
+    build = functools.partial(examples, language, task_types)
+    seqio_tasks.register_task(name, build, vocabulary(), validation_fraction,
+                              metric_fns=[metrics.exact_match, metrics.chrf], in_memory=True)
+    mixing.register_size(name, lambda: sum(
+        seqio_tasks.carved_split(e["inputs"] + "\x00" + e["targets"], validation_fraction)
+        == "train" for e in build()))
+    return name
+
+
+def register() -> None:
+    for t in TASK_TYPES:
+        seqio_tasks.task_id(t)  # so per-task metrics can name them
+    train = [_register(f"mini_xp3_{c}", c, TRAINING_TASK_TYPES, 0.05) for c in LANGUAGES]
+    seqio_tasks.register_mixture(
+        "mini_xp3", [(name, mixing.rate_fn("temperature")) for name in train])
+    heldout = [_register(f"mini_xp3_heldout_currency_{c}", c, (HELDOUT_TASK_TYPE,), 1.0)
+               for c in LANGUAGES if cldr.term_records(c, ("currency",))]
+    heldout += [_register(f"mini_xp3_heldout_{c}", c, tuple(TASK_TYPES), 1.0)
+                for c in HELDOUT_LANGUAGES]
+    seqio_tasks.register_mixture("mini_xp3_heldout", [(name, 1.0) for name in heldout])
+
+
+register()

@@ -1,0 +1,60 @@
+"""xP3 tasks over a local or gs:// tree (registered when XP3_DIR is set).
+
+`xp3_<lang>` per language folder (and `xp3_<lang>_<file>` per dataset file of an xP3x
+folder); mixtures `xp3` (xmtf's language weights, the default),
+`xp3_proportional` (examples-proportional, capped) and `xp3_temperature` (size^(1/T)).
+mT0 trains on `xp3`; the vocabulary is mT5's unless MTF_VOCABULARY says otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from mtf.data import metrics, mixing, seqio_tasks, xp3
+from tasks import vocabularies
+
+MIXTURES = {"xp3": "xp3", "xp3_proportional": "proportional",
+            "xp3_temperature": "temperature"}
+
+
+def register(root: str, vocabulary_path: str | None = None,
+             skip_bad_records: bool = False, validation_fraction: float = 0.01) -> list[str]:
+    """Registers `xp3_<lang>` for every language folder of `root` and the xp3 mixtures."""
+    vocabulary = vocabularies.mt5(vocabulary_path)
+    names = {}
+    for lang, folder in xp3.language_dirs(root).items():
+        files = xp3.language_files(folder, lang)
+        name = f"xp3_{lang}"
+
+        def build(files=files, name=name, lang=lang):
+            return seqio_tasks.prompted_examples(
+                xp3.read(files, skip_bad_records), name, None, lang, skip_bad_records)
+
+        seqio_tasks.register_task(name, build, vocabulary, validation_fraction,
+                                  metric_fns=[metrics.exact_match])
+        mixing.register_size(name, functools.partial(
+            lambda fs: sum(xp3.count_lines(f) for f in fs), files))
+        names[name] = lang
+        if len(files) > 1:  # xP3x: one file per dataset; also a task per dataset
+            for path in files:
+                stem = os.path.basename(path).removesuffix(".jsonl")
+                part = f"{name}_{stem}"
+
+                def build_part(path=path, part=part, lang=lang):
+                    return seqio_tasks.prompted_examples(
+                        xp3.read([path], skip_bad_records), part, None, lang, skip_bad_records)
+
+                seqio_tasks.register_task(part, build_part, vocabulary, validation_fraction,
+                                          metric_fns=[metrics.exact_match])
+                mixing.register_size(part, functools.partial(xp3.count_lines, path))
+    for mixture, strategy in MIXTURES.items():
+        known = {n: lang for n, lang in names.items()
+                 if strategy != "xp3" or lang in mixing.languages.XP3_WEIGHTS}
+        seqio_tasks.register_mixture(
+            mixture, [(n, mixing.rate_fn(strategy, lang)) for n, lang in known.items()])
+    return sorted(names)
+
+
+if os.environ.get("XP3_DIR"):
+    register(os.environ["XP3_DIR"])

@@ -1,0 +1,119 @@
+"""The embedded mini-xP3: languages, held-out parts, prompts, vocabulary, the CLI."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import seqio
+
+from mtf import tasks as tasks_cli
+from mtf.data import languages, seqio_tasks
+from tasks import mini_xp3
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def task_names(mixture):
+    return sorted(t.name for t in seqio.get_mixture_or_task(mixture).tasks)
+
+
+def test_languages_promised():
+    train = {n.removeprefix("mini_xp3_") for n in task_names("mini_xp3")}
+    assert len(train) >= 30
+    assert len(train & set(languages.LOW_RESOURCE)) >= 10
+    assert {c for c in train if c in languages.AFRICAN} and {c for c in train
+                                                             if c in languages.INDIC}
+    assert len(mini_xp3.HELDOUT_LANGUAGES) >= 3
+    assert not train & set(mini_xp3.HELDOUT_LANGUAGES)
+
+
+def test_held_out_parts_are_absent_from_training():
+    heldout = task_names("mini_xp3_heldout")
+    for c in mini_xp3.HELDOUT_LANGUAGES:
+        assert f"mini_xp3_heldout_{c}" in heldout
+    assert sum(n.startswith("mini_xp3_heldout_currency_") for n in heldout) >= 30
+    held_type = seqio_tasks.task_id(mini_xp3.HELDOUT_TASK_TYPE)
+    for lang in ("sw", "hi", "yo"):
+        examples = mini_xp3.examples(lang, mini_xp3.TRAINING_TASK_TYPES)
+        assert all(e["task_id"] != held_type for e in examples)
+        assert all("currency" not in e["inputs"] for e in examples)
+    task = seqio.get_mixture_or_task("mini_xp3_heldout_ta")
+    assert task.splits == ("validation",)
+
+
+def test_english_and_in_language_prompts():
+    sw = mini_xp3.examples("sw", ("term_from_english",))
+    assert any(e["inputs"].startswith("Translate") and e["targets"] == "Januari" for e in sw)
+    assert any(e["inputs"].startswith("Tafsiri") and e["template"].endswith("@sw") for e in sw)
+    hi = mini_xp3.examples("hi", ("language_identification",))
+    assert any("भाषा" in e["inputs"] for e in hi)
+    # native script targets (CLDR), each language's own (not another locale's leaked data)
+    januaries = {c: next(e["targets"] for e in mini_xp3.examples(c, ("term_from_english",))
+                         if '"January"' in e["inputs"]) for c in ("zh", "hi", "sw", "yo", "ar")}
+    assert len(set(januaries.values())) == 5, januaries
+    assert any(e["targets"] == "जनवरी" for e in mini_xp3.examples("hi", ("term_from_english",)))
+
+
+def test_training_dataset_yields_tokens():
+    task = seqio.get_mixture_or_task("mini_xp3_yo")
+    e = next(task.get_dataset({"inputs": 64, "targets": 16}, "train",
+                              shuffle=False).as_numpy_iterator())
+    assert e["targets"][-1] == 1  # EOS
+    assert e["language"] == b"yo" and (e["targets_language"] == languages.language_id("yo")).all()
+
+
+def test_committed_vocabulary_fits_the_tiny_model():
+    sp = spm.SentencePieceProcessor(model_file=str(mini_xp3.VOCABULARY_PATH))
+    assert sp.get_piece_size() == 4096
+    assert sp.pad_id() == 0 and sp.eos_id() == 1 and sp.unk_id() == 2
+    assert sp.id_to_piece(3) == "<0x00>"  # byte fallback: no script is unknown
+    assert 2 not in sp.encode("Ɔpɛpɔn ଜାନୁଆରୀ 伊博语 ꯃꯅꯤꯄꯨꯔ")
+    vocab = mini_xp3.vocabulary()
+    gin_text = (ROOT / "gin" / "models" / "mt5_tiny.gin").read_text()
+    embeddings = int(re.search(r"NUM_EMBEDDINGS = (\d+)", gin_text).group(1))
+    assert vocab.vocab_size == 4196 and embeddings >= vocab.vocab_size
+    assert embeddings % 128 == 0
+
+
+def test_vocabulary_script_trains_a_model(tmp_path):
+    from tasks.vocab import train_vocab
+
+    path = train_vocab.train(tmp_path / "v", vocab_size=2000)
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    assert sp.get_piece_size() == 2000 and sp.eos_id() == 1
+
+
+def test_cli_lists_shows_and_reports_truncation(capsys):
+    assert tasks_cli.main(["list", "--filter", "mini_xp3"]) == 0
+    out = capsys.readouterr().out
+    assert "mixture mini_xp3:" in out and "mixture mini_xp3_heldout:" in out
+    assert re.search(r"task mini_xp3_sw: splits train,validation; train examples \d+", out)
+    assert tasks_cli.main(["show", "mini_xp3_sw", "-n", "2"]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(shown) == 2 and shown[0]["language"] == "sw" and shown[0]["input_tokens"] > 0
+    args = ["lengths", "mini_xp3_heldout_ta", "--inputs", "8", "--targets", "4"]
+    assert tasks_cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert report["examples"] > 0 and report["truncated_inputs"] > 0
+    with pytest.raises(SystemExit, match="no task or mixture named 'nope'"):
+        tasks_cli.main(["show", "nope"])
+
+
+def test_readme_worked_example_adds_a_language_and_task(tmp_path, monkeypatch):
+    """The README's 'Add your own task' blocks, run as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Add your own task"):]
+    blocks = dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", section, re.S))
+    assert set(blocks) == {"capitals.yaml", "capitals_sw.jsonl", "tasks/capitals.py"}
+    monkeypatch.chdir(tmp_path)
+    for name, text in blocks.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    exec(compile(blocks["tasks/capitals.py"], "tasks/capitals.py", "exec"), {})
+    task = seqio.get_mixture_or_task("capitals_sw")
+    inputs = {e["inputs_pretokenized"].decode() for split in task.splits
+              for e in task.get_dataset(None, split, shuffle=False).as_numpy_iterator()}
+    assert "What is the capital of Kenya?" in inputs
+    assert "Mji mkuu wa Kenya ni upi?" in inputs

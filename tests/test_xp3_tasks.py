@@ -1,0 +1,150 @@
+"""xP3-format trees: registry, splits, mixture rates, metadata through packing."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import seqio
+
+from mtf.data import batches, languages, mixing, seqio_tasks
+from tasks import mini_xp3, xp3
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+
+
+@pytest.fixture
+def xp3_tree(tmp_path):
+    root = tmp_path / "xp3"
+    write_jsonl(root / "en" / "merged_en.jsonl",
+                [{"inputs": f"Question {i}: what is {i} plus one?", "targets": str(i + 1)}
+                 for i in range(200)])
+    write_jsonl(root / "sw" / "merged_sw.jsonl",
+                [{"inputs": f"Swali {i}: {i} jumlisha moja ni ngapi?", "targets": f"{i + 1}"}
+                 for i in range(60)])
+    # xP3x style: no merged file, per-dataset files with language / split / template.
+    write_jsonl(root / "yo" / "xp3x_wiki.jsonl",
+                [{"inputs": f"Ìbéèrè {i}", "targets": f"Ìdáhùn {i}", "language": "yor_Latn",
+                  "dataset": "wiki", "template": "t1",
+                  "split": "validation" if i % 4 == 0 else "train"} for i in range(40)])
+    return root
+
+
+@pytest.fixture
+def registered(xp3_tree):
+    names = xp3.register(str(xp3_tree), vocabulary_path=str(mini_xp3.VOCABULARY_PATH))
+    return names
+
+
+def texts(name, split):
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(None, split=split, shuffle=False, num_epochs=1)
+    return [(e["inputs_pretokenized"].decode(), e["targets_pretokenized"].decode(),
+             e["language"].decode()) for e in ds.as_numpy_iterator()]
+
+
+def test_registry_holds_one_task_per_language_and_the_mixtures(registered):
+    assert registered == ["xp3_en", "xp3_sw", "xp3_yo"]
+    for name in ("xp3", "xp3_proportional", "xp3_temperature"):
+        mixture = seqio.get_mixture_or_task(name)
+        assert sorted(t.name for t in mixture.tasks) == registered
+
+
+def test_split_is_deterministic_disjoint_and_complete(registered):
+    train, val = texts("xp3_en", "train"), texts("xp3_en", "validation")
+    assert texts("xp3_en", "validation") == val
+    assert not set(train) & set(val)
+    assert len(train) + len(val) == 200
+    assert 0 < len(val) < 20  # 1% carved, a few examples
+
+
+def test_xp3x_records_own_split_and_language(registered):
+    assert "xp3_yo_xp3x_wiki" not in seqio.TaskRegistry.names()  # one file: no per-file task
+    val = texts("xp3_yo", "validation")
+    assert len(val) == 10 and {lang for *_, lang in val} == {"yo"}
+    assert len(texts("xp3_yo", "train")) == 30
+
+
+def test_xp3_weights_are_xmtfs():
+    assert len(languages.XP3_WEIGHTS) == 46
+    # The file's weights sum to 1.0137 (code up-sampled); Megatron renormalises, as seqio does.
+    assert math.isclose(sum(languages.XP3_WEIGHTS.values()), 1.0137, abs_tol=1e-4)
+    assert languages.XP3_WEIGHTS["en"] == 0.3924620202
+    assert languages.XP3_WEIGHTS["tw"] == 0.0011195053
+    assert len(languages.LOW_RESOURCE) >= 25
+
+
+def test_mixture_rates(registered):
+    def rates(name):
+        m = seqio.get_mixture_or_task(name)
+        return {t.name: m.get_rate(t) for t in m.tasks}
+
+    xp3_rates = rates("xp3")
+    assert xp3_rates["xp3_en"] / xp3_rates["xp3_sw"] == pytest.approx(0.3924620202 / 0.0059077793)
+    assert xp3_rates["xp3_yo"] == languages.XP3_WEIGHTS["yo"]
+    assert rates("xp3_proportional") == {"xp3_en": 200.0, "xp3_sw": 60.0, "xp3_yo": 40.0}
+    temperature = rates("xp3_temperature")  # default T=2
+    assert temperature["xp3_en"] == pytest.approx(200 ** 0.5)
+    assert mixing.temperature_rates({"a": 100, "b": 1}, 1.0) == {"a": 100.0, "b": 1.0}
+    assert mixing.proportional_rates({"a": 100, "b": 1}, cap=10) == {"a": 10.0, "b": 1.0}
+    t3 = mixing.normalized(mixing.temperature_rates({"a": 1000, "b": 10}, 3.0, cap=100))
+    assert t3["a"] / t3["b"] == pytest.approx((100 / 10) ** (1 / 3))
+
+
+def test_mixing_options_are_gin_configurable(registered):
+    import gin
+
+    with gin.unlock_config():
+        gin.parse_config("mtf.data.mixing.mixing_options.cap = 50")
+    try:
+        m = seqio.get_mixture_or_task("xp3_proportional")
+        assert {t.name: m.get_rate(t) for t in m.tasks}["xp3_en"] == 50.0
+    finally:
+        gin.clear_config()
+
+
+def test_language_ids_round_trip():
+    for code in ("en", "sw", "nso", "code", "yo"):
+        assert languages.language_from_id(languages.language_id(code)) == code
+    assert languages.language_id("yor_Latn") == languages.language_id("yo")
+    with pytest.raises(languages.LanguageError, match="unknown language code 'xx'"):
+        languages.language_id("xx")
+
+
+def test_language_and_task_ids_survive_packing(registered):
+    config = batches.DataConfig(mixture_or_task_name="xp3_proportional",
+                                task_feature_lengths={"inputs": 64, "targets": 8},
+                                pack=True, shuffle=True)
+    batch = next(batches.batches(config, batch_size=16))
+    seg, lang, task = (batch["decoder_segment_ids"], batch["decoder_language"],
+                       batch["decoder_task"])
+    ids = {languages.language_id(c): c for c in ("en", "sw", "yo")}
+    task_ids = {seqio_tasks.task_id(n): n for n in registered}
+    assert seg.max() > 1, "rows should pack several examples"
+    seen_langs = set()
+    for row in range(seg.shape[0]):
+        for s in set(seg[row][seg[row] > 0]):
+            where = seg[row] == s
+            assert len(set(lang[row][where])) == 1 and len(set(task[row][where])) == 1
+            code = ids[int(lang[row][where][0])]
+            assert task_ids[int(task[row][where][0])] == f"xp3_{code}"
+            seen_langs.add(code)
+    assert np.all(lang[seg == 0] == 0) and np.all(task[seg == 0] == 0)
+    assert len(seen_langs) >= 2
+
+
+def test_xp3x_folder_gets_a_task_per_dataset_file(tmp_path):
+    for dataset in ("wiki", "news"):
+        write_jsonl(tmp_path / "ig" / f"{dataset}.jsonl",
+                    [{"inputs": f"{dataset} {i}", "targets": "x", "language": "ibo_Latn",
+                      "dataset": dataset} for i in range(30)])
+    names = xp3.register(str(tmp_path), vocabulary_path=str(mini_xp3.VOCABULARY_PATH))
+    assert names == ["xp3_ig"]
+    assert {"xp3_ig_wiki", "xp3_ig_news"} <= set(seqio.TaskRegistry.names())
+    assert mixing.size("xp3_ig") == 60 and mixing.size("xp3_ig_news") == 30
+    news = texts("xp3_ig_news", "train") + texts("xp3_ig_news", "validation")
+    assert len(news) == 30 and all(i.startswith("news") and lang == "ig" for i, _, lang in news)
