@@ -1,7 +1,9 @@
 """`python -m mtf.launch --gin_file=... [--gin.NAME=VALUE ...]`: the front door.
 
-Every host of a pod runs the same command. Today it runs the forward pass the gin files
-configure (see README); training, eval and inference plug in here as they land.
+Every host of a pod runs the same command. Several processes are joined with
+`jax.distributed`: auto-detected on TPU VM pods and SLURM; elsewhere (GPU clusters, local
+tests) from --coordinator_address / --num_processes / --process_id or the environment
+variables MTF_COORDINATOR_ADDRESS / MTF_NUM_PROCESSES / MTF_PROCESS_ID.
 """
 
 from __future__ import annotations
@@ -14,13 +16,23 @@ from collections.abc import Sequence
 DEFAULT_GIN_FILE = "gin/mt0_tiny.gin"
 
 
-def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Splits argv into gin files and `--gin.NAME=VALUE` bindings (T5X's flag syntax)."""
+def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Gin files, distributed flags and `--gin.NAME=VALUE` bindings (T5X's flag syntax)."""
     parser = argparse.ArgumentParser(prog="python -m mtf.launch", description=__doc__)
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file, searched in ., the repo and gin/ (repeatable)")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="a binding NAME=VALUE (repeatable; same as --gin.NAME=VALUE)")
+    parser.add_argument("--coordinator_address",
+                        default=os.environ.get("MTF_COORDINATOR_ADDRESS"))
+    parser.add_argument("--num_processes", type=int,
+                        default=int(os.environ.get("MTF_NUM_PROCESSES", "0")) or None)
+    parser.add_argument("--process_id", type=int,
+                        default=int(os.environ["MTF_PROCESS_ID"])
+                        if "MTF_PROCESS_ID" in os.environ else None)
+    parser.add_argument("--heartbeat_timeout", type=int,
+                        default=int(os.environ.get("MTF_HEARTBEAT_TIMEOUT", "100")),
+                        help="seconds after which a silent host fails the others")
     args, rest = parser.parse_known_args(argv)
     bindings = list(args.gin_bindings)
     unknown = []
@@ -31,22 +43,69 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             unknown.append(arg)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args.gin_file or [DEFAULT_GIN_FILE], bindings
+    args.gin_file = args.gin_file or [DEFAULT_GIN_FILE]
+    return args, bindings
+
+
+def _auto_detected_cluster() -> bool:
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Joins the processes of a multi-host run (no-op for a single process)."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts
+    if args.coordinator_address or (args.num_processes or 1) > 1:
+        missing = [n for n in ("coordinator_address", "num_processes", "process_id")
+                   if getattr(args, n) is None]
+        if missing:
+            raise SystemExit(f"error: a multi-process run needs --{' --'.join(missing)} "
+                             "(or MTF_COORDINATOR_ADDRESS / MTF_NUM_PROCESSES / MTF_PROCESS_ID)")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                                   args.process_id,
+                                   heartbeat_timeout_seconds=args.heartbeat_timeout)
+    elif _auto_detected_cluster():
+        jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
+
+
+def _register_xp3_from_gin() -> None:
+    """`XP3_DIR` may be a gin macro as well as an environment variable."""
+    import gin
+
+    try:
+        root = gin.query_parameter("XP3_DIR")
+    except ValueError:
+        return
+    if root and root != os.environ.get("XP3_DIR"):
+        from tasks import xp3
+
+        xp3.register(root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    gin_files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
-    from mtf import config, forward  # after the flags: importing jax is slow
+    args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    init_distributed(args)
+    from mtf import config, runs, train  # after the flags: importing jax/seqio is slow
 
     try:
-        config.parse(gin_files, bindings)
+        config.parse(args.gin_file, bindings)
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import gin
 
-    gin.get_configurable(forward.forward_pass)()
+    try:
+        _register_xp3_from_gin()
+        gin.get_configurable(runs.run)()
+    except train.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,21 +33,23 @@ class LossConfig:
 
 
 def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
-               loss: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Numerator (differentiated) and the summed statistics of one microbatch."""
+               loss: LossConfig) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+    """Numerator (differentiated), the summed statistics of one microbatch, and each target
+    token's weighted cross-entropy (for per-language and per-task loss on the host)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     logits = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
                          rngs=rngs)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
+    weights = weights.astype(jnp.float32)
     per_token, z = losses.token_cross_entropy(logits, targets, loss.z_loss,
                                               loss.label_smoothing)
     token_weights, denominator = losses.normalization_weights(
         weights, loss.normalizing_factor, batch.get("decoder_segment_ids"))
-    return jnp.sum(per_token * token_weights), {
-        "denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
-        "tokens": jnp.sum(weights)}
+    stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
+             "tokens": jnp.sum(weights)}
+    return jnp.sum(per_token * token_weights), (stats, per_token * weights)
 
 
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
@@ -55,7 +57,8 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
     """(loss, grads, stats): sums over microbatches, one division at the end."""
     grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
     if num_microbatches == 1:
-        (numerator, stats), grads = grad_fn(params, batch, dropout_rng, model, loss)
+        (numerator, (stats, token_loss)), grads = grad_fn(params, batch, dropout_rng, model,
+                                                          loss)
     else:
         size = next(iter(batch.values())).shape[0]
         if size % num_microbatches:
@@ -68,29 +71,33 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
         def body(carry, xs):
             index, mb = xs
             rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-            (num, st), g = grad_fn(params, mb, rng, model, loss)
-            return jax.tree.map(jnp.add, carry, (num, st, g)), None
+            (num, (st, tok)), g = grad_fn(params, mb, rng, model, loss)
+            return jax.tree.map(jnp.add, carry, (num, st, g)), tok
 
         first = jax.tree.map(lambda x: x[0], micro)
-        (num_shape, stats_shape), _ = jax.eval_shape(
+        (num_shape, (stats_shape, _)), _ = jax.eval_shape(
             lambda p, b, r: grad_fn(p, b, r, model, loss), params, first, dropout_rng)
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (num_shape, stats_shape))
         zero = (*zero, jax.tree.map(jnp.zeros_like, params))
-        (numerator, stats, grads), _ = jax.lax.scan(
+        (numerator, stats, grads), token_loss = jax.lax.scan(
             body, zero, (jnp.arange(num_microbatches), micro))
+        token_loss = token_loss.reshape((size,) + token_loss.shape[2:])
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     grads = jax.tree.map(lambda g: g / norm, grads)
     return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,
-                                     "tokens": stats["tokens"]}
+                                     "tokens": stats["tokens"], "token_loss": token_loss}
 
 
 def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *,
                config: T5Config, optimizer: optax.GradientTransformation, loss: LossConfig,
-               num_microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               num_microbatches: int = 1, learning_rate: optax.Schedule | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     model = Transformer(config)
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, state.step)
     value, grads, stats = gradients(state.params, batch, rng, model, loss, num_microbatches)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **stats}
+    if learning_rate is not None:
+        metrics["learning_rate"] = learning_rate(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,155 @@
+"""Orbax checkpoints of a run: the train state, the data position, the model config.
+
+`MODEL_DIR/checkpoints/<step>/` holds `state` (Orbax PyTree; params optionally stored in
+bfloat16), `data` (JSON: batches consumed, seed) and `config` (JSON: T5Config). Orbax
+writes each step to a temporary directory and renames it when complete, so a half-written
+checkpoint is never picked up. Saves are asynchronous: training goes on while they write.
+Restoring into shardings of another mesh (or host count) reshards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from mtf.convert.errors import CheckpointError
+from mtf.model import T5Config
+
+STORAGE_DTYPES = ("float32", "bfloat16")
+
+
+@gin.configurable(module="mtf.checkpoint")
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """period: save every N steps (and at the end, and on SIGTERM); keep: newest N kept;
+    dtype: storage dtype of the parameters (optimizer state stays float32)."""
+
+    period: int = 1000
+    keep: int | None = 3
+    dtype: str = "float32"
+    async_save: bool = True
+
+
+def _cast_params(state: Any, dtype: str) -> Any:
+    if dtype == "float32":
+        return state
+    return state.replace(params=jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params))
+
+
+class Checkpoints:
+    """One run's CheckpointManager."""
+
+    def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
+        if config.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"checkpoint dtype {config.dtype!r}: use one of {STORAGE_DTYPES}")
+        self.config = config
+        self.directory = epath.Path(model_dir) / "checkpoints"
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=config.keep, save_interval_steps=1, create=True,
+                enable_async_checkpointing=config.async_save, cleanup_tmp_directories=True),
+            item_names=("state", "data", "config"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_position: dict[str, Any],
+             model_config: T5Config) -> None:
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_cast_params(state, self.config.dtype)),
+            data=ocp.args.JsonSave(data_position),
+            config=ocp.args.JsonSave(json.loads(model_config.to_json()))), force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def restore(self, step: int, abstract_state: Any, shardings: Any
+                ) -> tuple[Any, dict[str, Any], T5Config]:
+        """(state placed on `shardings`, data position, saved config). Reshards as needed."""
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state, shardings)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} does not fit this run's model or "
+                f"optimizer: {e}. Use a fresh MODEL_DIR, or the matching model gin file") from e
+        saved = T5Config.from_json(json.dumps(dict(restored["config"])))
+        return restored["state"], dict(restored["data"]), saved
+
+
+def detect_format(path: str) -> str:
+    """'mtf' (config.json + params/), 't5x' (a `checkpoint` msgpack file), 'hf'
+    (config.json + *.safetensors / pytorch_model.bin), or an error naming what is there."""
+    p = epath.Path(path)
+    if not p.exists():
+        raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
+    if (p / "checkpoint").exists():
+        return "t5x"
+    if (p / "config.json").exists() and (p / "params").exists():
+        return "mtf"
+    names = [q.name for q in p.iterdir()] if p.is_dir() else []
+    if (p / "config.json").exists() and any(n.endswith((".safetensors", ".bin")) or
+                                            n.endswith(".index.json") for n in names):
+        return "hf"
+    raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} is not an mtf, T5X or Hugging Face "
+                          f"checkpoint (found {sorted(names)[:10]})")
+
+
+def load_initial_params(path: str, config: T5Config) -> Any:
+    """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
+    from mtf.convert import load_hf, load_params, load_t5x
+
+    fmt = detect_format(path)
+    logging.info("initial checkpoint %s (%s format)", path, fmt)
+    if fmt == "t5x":
+        return load_t5x(path, config)
+    loaded_config, params = load_params(path) if fmt == "mtf" else load_hf(path)
+    wanted = (config.vocab_size, config.emb_dim, config.num_heads, config.head_dim,
+              config.mlp_dim, config.num_encoder_layers, config.num_decoder_layers)
+    found = (loaded_config.vocab_size, loaded_config.emb_dim, loaded_config.num_heads,
+             loaded_config.head_dim, loaded_config.mlp_dim, loaded_config.num_encoder_layers,
+             loaded_config.num_decoder_layers)
+    if wanted != found:
+        raise CheckpointError(
+            f"INITIAL_CHECKPOINT_PATH={path} holds a model of shape (vocab, emb, heads, "
+            f"head_dim, mlp, enc, dec) = {found}, the gin config asks for {wanted}; include "
+            "the matching gin/models/mt5_*.gin")
+    if config.scan_layers and not loaded_config.scan_layers:
+        from mtf.model import scan_params
+
+        params = scan_params(params, config.replace(scan_layers=False))
+    return params
+
+
+def place(params: Any, shardings: Any) -> Any:
+    """Host numpy params -> global arrays on `shardings` (each process puts its shards)."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(
+            np.shape(x), s, lambda index: np.asarray(x[index], np.float32)), params, shardings)
+
+
+def exists(model_dir: str) -> bool:
+    return os.path.isdir(os.path.join(model_dir, "checkpoints"))

@@ -1,0 +1,62 @@
+"""Model FLOPs per step and peak device FLOP/s, for the MFU estimate.
+
+Model FLOPs count the matmuls of the forward pass (x2 for multiply-add) and twice that
+for the backward pass; embedding lookups, norms and softmax are left out, as in the PaLM
+appendix's MFU. Peak FLOP/s comes from the device's data sheet where known (bf16 dense)
+or is measured with a dense matmul on the device itself (CPUs).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mtf.model import T5Config
+
+# Dense bf16 peak per device, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def model_flops_per_step(config: T5Config, batch: int, inputs: int, targets: int) -> float:
+    """Training FLOPs (forward + backward) of one step at these shapes."""
+    emb, heads, hd, mlp = config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim
+    n_in = len(config.mlp_activations)
+    proj = 4 * emb * heads * hd                    # q, k, v, o
+    ffn = (n_in + 1) * emb * mlp                   # wi_* and wo
+    enc_token = config.num_encoder_layers * (proj + ffn + 2 * inputs * heads * hd)
+    dec_token = config.num_decoder_layers * (
+        proj + ffn + 2 * targets * heads * hd       # self-attention
+        + 2 * emb * heads * hd + 2 * inputs * heads * hd)  # cross-attention q, o, scores
+    cross_kv = config.num_decoder_layers * 2 * emb * heads * hd  # k, v of encoder outputs
+    logits = emb * config.vocab_size
+    forward = 2 * batch * (inputs * (enc_token + cross_kv) + targets * (dec_token + logits))
+    return 3.0 * forward
+
+
+def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a dense [size, size] matmul on the default device (best of `repeats`)."""
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (size, size), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.dtype(dtype))
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+def peak_flops_per_device(dtype: str = "bfloat16") -> float:
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops
+    return measure_peak_flops(dtype if jax.default_backend() != "cpu" else "float32")

@@ -1,0 +1,250 @@
+"""The train loop: resume, compile ahead of time, step, log, checkpoint, stop cleanly.
+
+Resume order (MaxText's, written down): the latest checkpoint in MODEL_DIR, else
+INITIAL_CHECKPOINT_PATH (mtf, T5X or HF; params only, optimizer fresh), else random init.
+TRAIN_STEPS counts this run's steps from its start point (not pretraining, unlike T5X).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mtf import checkpoint, flops, observability, optim, partitioning, state, step
+from mtf.data import batches
+from mtf.model import T5Config
+
+STEP_INPUTS = step.MODEL_INPUTS + ("decoder_loss_weights",)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    start_step: int
+    final_step: int
+    losses: dict[int, float]
+    preempted: bool
+    source: str
+
+
+class _Preemption:
+    """SIGTERM (a preempted TPU VM / a cluster's scancel): finish the step, save, exit 0.
+
+    With several processes, jax's preemption sync point makes them agree on one step.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.multi = jax.process_count() > 1
+        self._previous = None
+        if not self.multi:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+        self.requested = True
+
+    def reached(self, step_number: int) -> bool:
+        if self.multi:
+            return multihost_utils.reached_preemption_sync_point(step_number)
+        return self.requested
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(value: float, step_number: int, ckpts: checkpoint.Checkpoints) -> None:
+    if math.isfinite(value):
+        return
+    ckpts.wait()
+    last = ckpts.latest_step()
+    where = (f"the last good checkpoint is step {last} in {ckpts.directory}" if last is not None
+             else "no checkpoint was saved yet")
+    raise NonFiniteLossError(
+        f"loss is {value} at step {step_number}; stopped without saving, {where}. Lower the "
+        "learning rate, enable gradient clipping (GRAD_CLIP_NORM), or check the data; "
+        "restarting resumes from that checkpoint")
+
+
+def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, local[k])
+            for k in STEP_INPUTS if k in local}
+
+
+def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
+    if isinstance(x, np.ndarray) or jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _print_memory(compiled: Any) -> None:
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # not every backend reports it
+        mem = None
+    if mem is None:
+        print("compiled train step: per-device memory analysis not available on this backend")
+        return
+    gib = 1024 ** 3
+    print(f"compiled train step, per device: arguments {mem.argument_size_in_bytes / gib:.3f} "
+          f"GiB, outputs {mem.output_size_in_bytes / gib:.3f} GiB, temporaries "
+          f"{mem.temp_size_in_bytes / gib:.3f} GiB, aliased (donated) "
+          f"{mem.alias_size_in_bytes / gib:.3f} GiB, code "
+          f"{mem.generated_code_size_in_bytes / 1024 ** 2:.1f} MiB", flush=True)
+
+
+def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
+                     data: batches.DataConfig):
+    abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
+    latest = ckpts.latest_step()
+    if latest is not None:
+        restored, position, saved = ckpts.restore(latest, abstract, shardings)
+        if saved.replace(dropout_rate=0.0, dtype="float32") != model_config.replace(
+                dropout_rate=0.0, dtype="float32"):
+            logging.warning("the checkpoint's model config differs from the gin config in "
+                            "more than dropout/dtype: %s vs %s", saved, model_config)
+        if position.get("mixture") not in (None, data.mixture_or_task_name):
+            logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
+                            data.mixture_or_task_name, position.get("mixture"))
+        return restored, int(position["batches"]), f"resumed from step {latest}", shardings
+    if initial_checkpoint_path:
+        params = checkpoint.load_initial_params(initial_checkpoint_path, model_config)
+        params = checkpoint.place(params, shardings.params)
+        opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+        step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+        return (step.TrainState(step=step0, params=params, opt_state=opt_state), 0,
+                f"initialised from {initial_checkpoint_path}", shardings)
+    fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
+    return fresh, 0, "random initialisation", shardings
+
+
+def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_size: int,
+          data: batches.DataConfig | None = None,
+          mesh_shape: tuple[int, int, int] = (-1, 1, 1),
+          optimizer: str = "adafactor", learning_rate: float = 1e-3,
+          schedule: str = "constant", warmup_steps: int = 0, decay_steps: int = 0,
+          grad_clip_norm: float | None = None, weight_decay: float = 0.0,
+          loss: step.LossConfig | None = None, num_microbatches: int = 1,
+          initial_checkpoint_path: str | None = None,
+          checkpoint_config: checkpoint.CheckpointConfig | None = None,
+          log_period: int = 10, seed: int = 0,
+          peak_flops_per_device: float | None = None) -> TrainResult:
+    """Trains `model_config` on `data` for `train_steps` steps of this run (see module doc)."""
+    data = data or batches.DataConfig()
+    loss = loss or step.LossConfig()
+    checkpoint_config = checkpoint_config or checkpoint.CheckpointConfig()
+    if not model_dir:
+        raise ValueError("MODEL_DIR is empty; bind it, e.g. --gin.MODEL_DIR=/tmp/mt0_run")
+    if train_steps <= 0:
+        raise ValueError(f"TRAIN_STEPS={train_steps} must be positive")
+    chief = jax.process_index() == 0
+    mesh = partitioning.make_mesh(mesh_shape)
+    schedule_fn = optim.make_schedule(schedule, learning_rate, warmup_steps, decay_steps)
+    tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)
+    ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
+    train_state, position, source, shardings = _restore_or_init(
+        model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data)
+    start = int(jax.device_get(train_state.step))
+    if chief:
+        print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
+              f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
+              flush=True)
+    if start >= train_steps:
+        print(f"nothing to do: the checkpoint is at step {start} >= TRAIN_STEPS={train_steps}")
+        ckpts.close()
+        return TrainResult(start, start, {}, False, source)
+
+    lengths = batches.task_feature_lengths(data.task_feature_lengths)
+    batch_spec = partitioning.batch_sharding(mesh)
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct((batch_size, lengths["inputs"] if k.startswith("encoder")
+                                 else lengths["targets"]), jnp.int32, sharding=batch_spec)
+        for k in STEP_INPUTS}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    use_dropout = model_config.dropout_rate > 0
+    step_fn = functools.partial(step.train_step, config=model_config, optimizer=tx, loss=loss,
+                                num_microbatches=num_microbatches, learning_rate=schedule_fn)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_spec, replicated),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+    rng = jax.random.key(seed) if use_dropout else None
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                    sharding=s),
+                                  train_state, shardings)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+        compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
+    if chief:
+        _print_memory(compiled)
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+
+    peak = peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
+    step_flops = flops.model_flops_per_step(model_config, batch_size, lengths["inputs"],
+                                            lengths["targets"])
+    tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
+    writer = observability.MetricsWriter(model_dir, train_steps, enabled=chief)
+    stream = batches.batches(data, batch_size, position, jax.process_index(),
+                             jax.process_count())
+    preemption = _Preemption()
+    losses: dict[int, float] = {}
+    last_time, last_step = time.perf_counter(), start
+    data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed}
+    done = start
+    try:
+        for done in range(start + 1, train_steps + 1):
+            local = next(stream)
+            train_state, metrics = compiled(train_state, _global_batch(local, batch_spec), rng)
+            log_now = done % log_period == 0 or done == train_steps
+            save_now = done % checkpoint_config.period == 0 or done == train_steps
+            stop_now = preemption.reached(done)
+            if log_now or save_now or stop_now:
+                value = float(jax.device_get(metrics["loss"]))
+                _check_finite(value, done, ckpts)
+                losses[done] = value
+            if log_now:
+                now = time.perf_counter()
+                seconds = (now - last_time) / max(done - last_step, 1)
+                scalars = {k: float(jax.device_get(metrics[k]))
+                           for k in ("loss", "z_loss", "grad_norm", "learning_rate")}
+                scalars["tokens_per_second"] = tokens_per_step / seconds
+                scalars["step_seconds"] = seconds
+                scalars["mfu"] = step_flops / seconds / (peak * jax.device_count())
+                token_loss = _gather(metrics["token_loss"])
+                ids = {k: _gather(local[k]) for k in ("decoder_language", "decoder_task",
+                                                      "decoder_loss_weights",
+                                                      "decoder_target_tokens") if k in local}
+                scalars.update(observability.language_losses(token_loss, ids))
+                writer.write(done, scalars)
+                last_time, last_step = time.perf_counter(), done
+            if save_now or stop_now:
+                ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
+            if stop_now:
+                if chief:
+                    print(f"preempted: saved step {done}; rerun the same command to resume",
+                          flush=True)
+                ckpts.close()
+                return TrainResult(start, done, losses, True, source)
+        ckpts.close()
+    finally:
+        preemption.restore()
+        writer.close()
+    if chief:
+        print(f"done: step {done}, checkpoints in {ckpts.directory}", flush=True)
+    return TrainResult(start, done, losses, False, source)
