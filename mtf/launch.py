@@ -106,6 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        import jax
+
+        if jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError):
+            # A collective failed: another host died. Exit now with the reason rather than
+            # wait in jax.distributed's shutdown barrier for a host that will not come.
+            print(f"error: process {jax.process_index()}: a cross-host operation failed, most "
+                  f"likely because another host died ({str(e).splitlines()[0]}). Checkpoints "
+                  "already saved are intact; restart all hosts to resume.", file=sys.stderr,
+                  flush=True)
+            sys.stdout.flush()
+            os._exit(4)
+        raise
     return 0
 
 

@@ -1,0 +1,62 @@
+"""Two processes (jax.distributed over gloo on 127.0.0.1) train as two hosts."""
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+from mtf import checkpoint
+from tests.train_helpers import REPO, env, launch_args, metrics
+
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_hosts(model_dir, heartbeat=100, **overrides):
+    port = free_port()
+    return [subprocess.Popen(
+        launch_args(model_dir, **overrides) + [
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+            f"--process_id={i}", f"--heartbeat_timeout={heartbeat}"],
+        cwd=REPO, env=env(JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def test_two_hosts_train_then_one_host_resumes_on_another_mesh(tmp_path):
+    hosts = start_hosts(tmp_path, TRAIN_STEPS="10", LOG_PERIOD="5")
+    outputs = [h.communicate(timeout=600) for h in hosts]
+    for h, (out, err) in zip(hosts, outputs, strict=True):
+        assert h.returncode == 0, err[-3000:]
+    assert "over 2 devices on 2 process(es)" in outputs[0][0]
+    assert checkpoint.Checkpoints(str(tmp_path)).all_steps() == [5, 10]
+    result = subprocess.run(
+        launch_args(tmp_path, TRAIN_STEPS="14", LOG_PERIOD="2", MESH_SHAPE="(1, 2, 2)"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'fsdp': 2, 'model': 2" in result.stdout and "resumed from step 10" in result.stdout
+    steps = [m["step"] for m in metrics(tmp_path)]
+    assert steps[-2:] == [12, 14]
+    assert checkpoint.Checkpoints(str(tmp_path)).latest_step() == 14
+
+
+def test_a_dead_host_makes_the_other_exit_with_an_error(tmp_path):
+    hosts = start_hosts(tmp_path, heartbeat=5, TRAIN_STEPS="100000",
+                        CHECKPOINT_PERIOD="100000")
+    deadline = time.time() + 300
+    while len(metrics(tmp_path)) < 3:
+        assert time.time() < deadline and hosts[0].poll() is None, hosts[0].communicate()
+        time.sleep(0.5)
+    hosts[1].kill()
+    hosts[1].wait()
+    start = time.time()
+    out, err = hosts[0].communicate(timeout=120)  # a hang would time out here
+    assert hosts[0].returncode != 0
+    assert time.time() - start < 120
+    assert "another host died" in err or "heartbeat" in err or "task died" in err, err[-2000:]

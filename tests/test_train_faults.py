@@ -1,0 +1,77 @@
+"""Runs that survive faults: kill -9, SIGTERM, NaN loss, half-written checkpoints."""
+
+import signal
+
+import numpy as np
+import pytest
+
+from mtf import checkpoint
+from tests.train_helpers import last_losses, run, start, wait_for_step
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(model_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, last_losses(model_dir)
+
+
+def test_kill_9_then_restart_sees_the_same_losses(uninterrupted, tmp_path):
+    _, reference = uninterrupted
+    assert sorted(reference) == list(range(1, 21))
+    process = start(tmp_path)
+    wait_for_step(tmp_path, 13, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 1" in result.stdout  # 10 (or 5 if 10 was still being written)
+    resumed = last_losses(tmp_path)
+    np.testing.assert_allclose([resumed[s] for s in range(11, 21)],
+                               [reference[s] for s in range(11, 21)], rtol=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = start(tmp_path, TRAIN_STEPS="10000", CHECKPOINT_PERIOD="10000")
+    wait_for_step(tmp_path, 3, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    saved = checkpoint.Checkpoints(str(tmp_path)).all_steps()
+    assert len(saved) == 1 and f"preempted: saved step {saved[0]}" in out
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+    source, _ = uninterrupted
+    import shutil
+
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    for step in (15, 20):
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    # A learning rate that overflows the parameters: the loss turns NaN right after resuming.
+    # The log period is long, so the check before saving step 15 is what catches it.
+    result = run(tmp_path, LEARNING_RATE="1e38", LOG_PERIOD="100")
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "loss is nan at step 15" in result.stderr
+    assert "last good checkpoint is step 10" in result.stderr
+    assert checkpoint.Checkpoints(str(tmp_path)).all_steps() == [5, 10]
+    again = run(tmp_path, TRAIN_STEPS="12")
+    assert again.returncode == 0 and "resumed from step 10" in again.stdout
+
+
+def test_half_written_checkpoint_is_never_picked_up(uninterrupted, tmp_path):
+    import shutil
+
+    source, _ = uninterrupted
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints" / "20")
+    # What a kill during an async save leaves behind: Orbax's temporary directory.
+    partial = tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "half").write_bytes(b"\0" * 100)
+    assert checkpoint.Checkpoints(str(tmp_path)).latest_step() == 15
+    result = run(tmp_path, TRAIN_STEPS="16")
+    assert result.returncode == 0 and "resumed from step 15" in result.stdout
