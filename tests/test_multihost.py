@@ -31,7 +31,7 @@ def start_hosts(model_dir, heartbeat=100, **overrides):
 def test_two_hosts_train_then_one_host_resumes_on_another_mesh(tmp_path):
     hosts = start_hosts(tmp_path, TRAIN_STEPS="10", LOG_PERIOD="5")
     outputs = [h.communicate(timeout=600) for h in hosts]
-    for h, (out, err) in zip(hosts, outputs, strict=True):
+    for h, (_, err) in zip(hosts, outputs, strict=True):
         assert h.returncode == 0, err[-3000:]
     assert "over 2 devices on 2 process(es)" in outputs[0][0]
     assert checkpoint.Checkpoints(str(tmp_path)).all_steps() == [5, 10]

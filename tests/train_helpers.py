@@ -24,8 +24,9 @@ def env(**extra):
 
 
 def run(model_dir, timeout=600, extra_env=None, **overrides):
-    return subprocess.run(launch_args(model_dir, **overrides), cwd=REPO, env=env(**(extra_env or {})),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(launch_args(model_dir, **overrides), cwd=REPO,
+                          env=env(**(extra_env or {})), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def start(model_dir, extra_env=None, **overrides):
