@@ -61,6 +61,12 @@ class Checkpoints:
                 enable_async_checkpointing=config.async_save, cleanup_tmp_directories=True),
             item_names=("state", "data", "config"))
 
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
@@ -101,12 +107,12 @@ class Checkpoints:
 
 
 def detect_format(path: str) -> str:
-    """'mtf' (config.json + params/), 't5x' (a `checkpoint` msgpack file), 'hf'
+    """'mtf' (config.json + params/), 't5x' (a `checkpoint` msgpack file or folder), 'hf'
     (config.json + *.safetensors / pytorch_model.bin), or an error naming what is there."""
     p = epath.Path(path)
     if not p.exists():
         raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
-    if (p / "checkpoint").exists():
+    if p.is_file() or (p / "checkpoint").exists():  # T5X: a msgpack file, or a dir holding one
         return "t5x"
     if (p / "config.json").exists() and (p / "params").exists():
         return "mtf"

@@ -157,6 +157,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     if train_steps <= 0:
         raise ValueError(f"TRAIN_STEPS={train_steps} must be positive")
     chief = jax.process_index() == 0
+    batches.provider(data)  # fail before any compiling if the mixture is not registered
     mesh = partitioning.make_mesh(mesh_shape)
     schedule_fn = optim.make_schedule(schedule, learning_rate, warmup_steps, decay_steps)
     tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)

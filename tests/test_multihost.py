@@ -12,6 +12,11 @@ from tests.train_helpers import REPO, env, launch_args, metrics
 pytestmark = pytest.mark.slow
 
 
+def steps(model_dir):
+    with checkpoint.Checkpoints(str(model_dir)) as ckpts:
+        return ckpts.all_steps()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,16 +39,16 @@ def test_two_hosts_train_then_one_host_resumes_on_another_mesh(tmp_path):
     for h, (_, err) in zip(hosts, outputs, strict=True):
         assert h.returncode == 0, err[-3000:]
     assert "over 2 devices on 2 process(es)" in outputs[0][0]
-    assert checkpoint.Checkpoints(str(tmp_path)).all_steps() == [5, 10]
+    assert steps(tmp_path) == [5, 10]
     result = subprocess.run(
         launch_args(tmp_path, TRAIN_STEPS="14", LOG_PERIOD="2", MESH_SHAPE="(1, 2, 2)"),
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'fsdp': 2, 'model': 2" in result.stdout and "resumed from step 10" in result.stdout
-    steps = [m["step"] for m in metrics(tmp_path)]
-    assert steps[-2:] == [12, 14]
-    assert checkpoint.Checkpoints(str(tmp_path)).latest_step() == 14
+    logged = [m["step"] for m in metrics(tmp_path)]
+    assert logged[-2:] == [12, 14]
+    assert steps(tmp_path)[-1] == 14
 
 
 def test_a_dead_host_makes_the_other_exit_with_an_error(tmp_path):

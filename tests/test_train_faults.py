@@ -11,6 +11,11 @@ from tests.train_helpers import last_losses, run, start, wait_for_step
 pytestmark = pytest.mark.slow
 
 
+def steps(model_dir):
+    with checkpoint.Checkpoints(str(model_dir)) as ckpts:
+        return ckpts.all_steps()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("uninterrupted")
@@ -40,7 +45,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-3000:]
-    saved = checkpoint.Checkpoints(str(tmp_path)).all_steps()
+    saved = steps(tmp_path)
     assert len(saved) == 1 and f"preempted: saved step {saved[0]}" in out
 
 
@@ -57,7 +62,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_pa
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
     assert "loss is nan at step 15" in result.stderr
     assert "last good checkpoint is step 10" in result.stderr
-    assert checkpoint.Checkpoints(str(tmp_path)).all_steps() == [5, 10]
+    assert steps(tmp_path) == [5, 10]
     again = run(tmp_path, TRAIN_STEPS="12")
     assert again.returncode == 0 and "resumed from step 10" in again.stdout
 
@@ -72,6 +77,6 @@ def test_half_written_checkpoint_is_never_picked_up(uninterrupted, tmp_path):
     partial = tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp-1234567"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "half").write_bytes(b"\0" * 100)
-    assert checkpoint.Checkpoints(str(tmp_path)).latest_step() == 15
+    assert steps(tmp_path)[-1] == 15
     result = run(tmp_path, TRAIN_STEPS="16")
     assert result.returncode == 0 and "resumed from step 15" in result.stdout

@@ -95,25 +95,30 @@ class DataConfig:
     use_cached: bool = False
 
 
+def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
+    """The configured task or mixture, or an error saying how to register it."""
+    try:
+        return seqio.get_mixture_or_task(config.mixture_or_task_name)
+    except ValueError as e:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r} is not "
+                         "registered; is `import tasks` in the gin file, and is XP3_DIR set "
+                         f"for xP3? ({e})") from None
+
+
 def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
             process_count: int = 1) -> tf.data.Dataset:
     """This process's share of the global batches (batch_size is the global size)."""
     if batch_size % process_count:
         raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
                          "processes; choose a multiple")
-    try:
-        provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
-    except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r} is not "
-                         "registered; is `import tasks` in the gin file, and is XP3_DIR set "
-                         f"for xP3? ({e})") from None
+    provider_ = provider(config)
     lengths = task_feature_lengths(config.task_feature_lengths)
     converter = feature_converter(config.pack)
-    if not has_metadata(provider.name):
+    if not has_metadata(provider_.name):
         lengths = {k: lengths[k] for k in ("inputs", "targets")}
         converter = seqio.EncDecFeatureConverter(pack=config.pack)
     ds = seqio.get_dataset(
-        provider.name, task_feature_lengths=lengths, dataset_split=config.split,
+        provider_.name, task_feature_lengths=lengths, dataset_split=config.split,
         shuffle=config.shuffle, num_epochs=None, seed=config.seed,
         shard_info=seqio.ShardInfo(process_index, process_count),
         use_cached=config.use_cached, feature_converter=converter)

@@ -1,0 +1,128 @@
+"""The train loop's promises: the embedded default, resume order, checkpoint storage, the
+flagship config building abstractly."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import tasks  # noqa: F401  registers mini_xp3_sw
+from mtf import checkpoint, optim, partitioning, train
+from mtf.convert import load_t5x, save_hf, save_params
+from mtf.convert.errors import CheckpointError
+from mtf.convert.t5x import infer_config
+from mtf.data import batches
+from mtf.model import T5Config, init_params
+from tests.train_helpers import REPO, env, metrics
+
+TINY = T5Config(vocab_size=4224, emb_dim=32, num_heads=2, num_encoder_layers=1,
+                num_decoder_layers=1, head_dim=16, mlp_dim=64)
+DATA = batches.DataConfig(mixture_or_task_name="mini_xp3_sw",
+                          task_feature_lengths={"inputs": 16, "targets": 8})
+
+
+@pytest.mark.slow
+def test_embedded_default_trains_from_any_directory(tmp_path):
+    """README's first command: loss falls, checkpoint, metrics.jsonl, TensorBoard, config."""
+    model_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "mtf.launch", "--gin_file=gin/mt0_tiny.gin",
+                             f"--gin.MODEL_DIR={model_dir}"], cwd=tmp_path, env=env(),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled train step, per device:" in result.stdout
+    records = metrics(model_dir)
+    for key in ("step", "loss", "learning_rate", "tokens_per_second", "grad_norm", "mfu"):
+        assert all(key in r for r in records), key
+    assert any(k.startswith("loss/") and k[5:] in ("sw", "yo", "hi") for r in records for k in r)
+    assert any(k.startswith("loss/task/term_") for r in records for k in r)
+    first, last = records[0]["loss"], np.mean([r["loss"] for r in records[-3:]])
+    assert first - last > 1.0, (first, last)
+    with checkpoint.Checkpoints(str(model_dir)) as ckpts:
+        assert ckpts.latest_step() == 300
+    assert list((model_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert "MIXTURE_OR_TASK_NAME = 'mini_xp3'" in (model_dir / "config.gin").read_text()
+
+
+def test_flagship_config_builds_abstractly(tmp_path):
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "merged_sw.jsonl").write_text('{"inputs": "a", "targets": "b"}\n')
+    result = subprocess.run([sys.executable, "tests/flagship_check.py", str(tmp_path)],
+                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 12.8e9 < built["params"] < 13.0e9 and built["emb_dim"] == 4096
+    assert (built["batch"], built["lengths"], built["pack"]) == (512, [1024, 1024], False)
+    assert built["normalizing"] == "AVERAGE_PER_SEQUENCE" and built["z_loss"] == 1e-4
+    assert built["dtype"] == "bfloat16" and built["dropout"] == 0.1
+    assert built["mesh"] == {"data": 1, "fsdp": 1, "model": 8}
+    assert built["mlp_spec"] == ["fsdp", "model"] and built["mixture_tasks"] == 1
+    assert built["initial"].endswith("mt5_xxl/checkpoint_1000000") and built["lowered"]
+
+
+def _initial(model_config, path, tmp_path):
+    tx = optim.make_optimizer("adafactor")
+    mesh = partitioning.make_mesh((-1, 1, 1))
+    with checkpoint.Checkpoints(str(tmp_path / "run")) as ckpts:
+        state, position, source, _ = train._restore_or_init(model_config, tx, mesh, ckpts, path,
+                                                            0, DATA)
+    return state, position, source
+
+
+def test_initial_checkpoint_in_each_format(fixtures, tmp_path):
+    t5x_path = str(fixtures / "t5x" / "test_t5_tiny.checkpoint_0")
+    reference = load_t5x(t5x_path)
+    config = infer_config(reference)
+    state, position, source = _initial(config, t5x_path, tmp_path / "a")
+    assert source == f"initialised from {t5x_path}" and position == 0
+    assert int(state.step) == 0
+    np.testing.assert_array_equal(state.params["decoder"]["logits_dense"]["kernel"],
+                                  reference["decoder"]["logits_dense"]["kernel"])
+    params = jax.tree.map(np.asarray, init_params(TINY, jax.random.key(3)))
+    save_params(tmp_path / "mtf", TINY, params)
+    save_hf(TINY, params, tmp_path / "hf")
+    for fmt in ("mtf", "hf"):
+        state, _, _ = _initial(TINY, str(tmp_path / fmt), tmp_path / f"run_{fmt}")
+        np.testing.assert_allclose(state.params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"],
+                                   params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
+    with pytest.raises(CheckpointError, match="the gin config asks for"):
+        _initial(TINY.replace(emb_dim=64), str(tmp_path / "mtf"), tmp_path / "bad")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(CheckpointError, match="is not an mtf, T5X or Hugging Face"):
+        checkpoint.detect_format(str(tmp_path / "junk"))
+
+
+def test_latest_checkpoint_wins_over_the_initial_one(tmp_path):
+    params = jax.tree.map(np.asarray, init_params(TINY, jax.random.key(3)))
+    save_params(tmp_path / "init", TINY, params)
+    kwargs = dict(model_config=TINY, model_dir=str(tmp_path / "run"), batch_size=4, data=DATA,
+                  initial_checkpoint_path=str(tmp_path / "init"), log_period=1,
+                  checkpoint_config=checkpoint.CheckpointConfig(period=2))
+    first = train.train(train_steps=2, **kwargs)
+    assert first.source.startswith("initialised from") and first.final_step == 2
+    second = train.train(train_steps=3, **kwargs)
+    assert second.source == "resumed from step 2" and second.start_step == 2
+    assert second.final_step == 3 and set(second.losses) == {3}
+
+
+def test_bfloat16_checkpoint_storage(tmp_path):
+    result = train.train(model_config=TINY, model_dir=str(tmp_path), batch_size=4, data=DATA,
+                         train_steps=1, checkpoint_config=checkpoint.CheckpointConfig(
+                             period=1, dtype="bfloat16"))
+    assert result.final_step == 1
+    tx = optim.make_optimizer("adafactor")
+    mesh = partitioning.make_mesh((-1, 1, 1))
+    from mtf import state as state_lib
+
+    abstract, shardings = state_lib.state_shardings(TINY, tx, mesh)
+    with checkpoint.Checkpoints(str(tmp_path)) as ckpts:
+        restored, position, saved = ckpts.restore(1, abstract, shardings)
+    kernel = np.asarray(restored.params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
+    assert kernel.dtype == np.float32 and position["batches"] == 1 and saved == TINY
+    np.testing.assert_array_equal(kernel, kernel.astype(jax.numpy.bfloat16).astype(np.float32))
+    wrong, wrong_shardings = state_lib.state_shardings(TINY.replace(mlp_dim=32), tx, mesh)
+    with checkpoint.Checkpoints(str(tmp_path)) as ckpts, pytest.raises(
+            CheckpointError, match="does not fit this run's model"):
+        ckpts.restore(1, wrong, wrong_shardings)
