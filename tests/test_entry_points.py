@@ -80,3 +80,15 @@ def test_convert_cli_reports_bad_input(tmp_path):
     result = run("mtf.convert", "--from", "hf", "--to", "mtf", str(tmp_path), str(tmp_path / "o"))
     assert result.returncode == 1
     assert "config.json not found" in result.stderr
+
+
+def test_bench_prints_its_json():
+    import json
+
+    result = run("mtf.bench", "train", "--model", "tiny", "--vocab", "4224", "--batch", "2",
+                 "--inputs", "16", "--targets", "8", "--steps", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("tokens_per_s", "step_s", "peak_flops_per_s", "mfu", "model_flops_per_step"):
+        assert line[key] > 0, key
+    assert line["tokens_per_s"] == pytest.approx(2 * 24 / line["step_s"])

@@ -1,0 +1,97 @@
+"""mtf's train step beside Hugging Face transformers (PyTorch, Adafactor) on the same shapes.
+
+    python bench/hf_compare.py [--model small] [--vocab 32128 250112] [--steps 10]
+
+For each vocabulary: HF `MT5ForConditionalGeneration` (random init, the mT5 shapes of
+gin/models/mt5_<model>.gin) trained with `transformers.optimization.Adafactor` (T5X-like:
+scale_parameter, no relative step, lr 1e-3, no warm-up init) on synthetic batches, then
+`python -m mtf.bench train` with the same shapes, in separate processes one after the
+other on the same machine. Prints one JSON line per vocabulary with both throughputs and
+mtf/HF. Needs the `test` extra (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+SHAPES = {  # emb, heads, layers, mlp (mT5; head_dim 64)
+    "small": (512, 6, 8, 1024), "base": (768, 12, 12, 2048), "large": (1024, 16, 24, 2816),
+}
+
+
+def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                    steps: int) -> float:
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration
+    from transformers.optimization import Adafactor
+
+    torch.manual_seed(0)
+    emb, heads, layers, mlp = SHAPES[model]
+    config = MT5Config(vocab_size=vocab, d_model=emb, d_kv=64, d_ff=mlp, num_layers=layers,
+                       num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0,
+                       feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    net = MT5ForConditionalGeneration(config).train()
+    opt = Adafactor(net.parameters(), lr=1e-3, scale_parameter=True, relative_step=False,
+                    warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
+
+    def step():
+        ids = torch.randint(2, vocab, (batch, inputs))
+        labels = torch.randint(2, vocab, (batch, targets))
+        loss = net(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * (inputs + targets) * steps / (time.perf_counter() - start)
+
+
+def mtf_result(model: str, vocab: int, batch: int, inputs: int, targets: int, steps: int,
+               dtype: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "mtf.bench", "train", "--model", model, "--vocab", str(vocab),
+         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets),
+         "--steps", str(steps), "--dtype", dtype],
+        capture_output=True, text=True, check=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small", choices=sorted(SHAPES))
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32128, 250112])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--inputs", type=int, default=128)
+    parser.add_argument("--targets", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    import torch
+
+    machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "processor": platform.processor() or platform.machine(),
+               "python": platform.python_version()}
+    for vocab in args.vocab:
+        shapes = (args.model, vocab, args.batch, args.inputs, args.targets, args.steps)
+        hf = hf_tokens_per_s(*shapes)
+        mtf = mtf_result(*shapes, args.dtype)
+        print(json.dumps({"model": args.model, "vocab": vocab, "batch": args.batch,
+                          "inputs": args.inputs, "targets": args.targets,
+                          "hf_tokens_per_s": round(hf, 1),
+                          "mtf_tokens_per_s": round(mtf["tokens_per_s"], 1),
+                          "mtf_over_hf": round(mtf["tokens_per_s"] / hf, 3),
+                          "mtf_mfu": round(mtf["mfu"], 3), "machine": machine}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
