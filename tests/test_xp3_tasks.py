@@ -148,3 +148,20 @@ def test_xp3x_folder_gets_a_task_per_dataset_file(tmp_path):
     assert mixing.size("xp3_ig") == 60 and mixing.size("xp3_ig_news") == 30
     news = texts("xp3_ig_news", "train") + texts("xp3_ig_news", "validation")
     assert len(news) == 30 and all(i.startswith("news") and lang == "ig" for i, _, lang in news)
+
+
+def test_xp3_dir_as_a_gin_macro(xp3_tree):
+    import gin
+
+    from mtf import launch
+
+    for name in ("xp3_en", "xp3_sw", "xp3_yo"):
+        if name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+    gin.parse_config(f"XP3_DIR = '{xp3_tree}'")
+    try:
+        launch._register_xp3_from_gin()
+    finally:
+        gin.clear_config()
+    assert {"xp3_en", "xp3_sw", "xp3_yo"} <= set(seqio.TaskRegistry.names())
+    assert "xp3" in seqio.MixtureRegistry.names()
