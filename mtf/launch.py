@@ -75,7 +75,7 @@ def _register_xp3_from_gin() -> None:
     import gin
 
     try:
-        root = gin.query_parameter("XP3_DIR")
+        root = gin.query_parameter("%XP3_DIR")
     except ValueError:
         return
     if root and root != os.environ.get("XP3_DIR"):
