@@ -19,8 +19,8 @@ def parallel(source_path: str, target_path: str, source_language: str,
         target_language)
 
     def lines(path: str) -> list[str]:
-        with records._open_text(path) as f:
-            return records._decode(f.read(), path).splitlines()
+        with records.open_text(path) as f:
+            return records.decode_utf8(f.read(), path).splitlines()
 
     src, tgt = lines(source_path), lines(target_path)
     if len(src) != len(tgt):

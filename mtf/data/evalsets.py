@@ -66,8 +66,8 @@ def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Ite
         "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"]
 
     def rows() -> Iterator[tuple[str, dict[str, str]]]:
-        with records._open_text(path) as f:
-            text = records._decode(f.read(), path)
+        with records.open_text(path) as f:
+            text = records.decode_utf8(f.read(), path)
         reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:

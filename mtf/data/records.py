@@ -58,14 +58,14 @@ class SkipReport:
 SKIPPED = SkipReport()  # process-wide; `python -m mtf.tasks` and the train loop report it
 
 
-def _open_text(path: str) -> io.BufferedReader:
+def open_text(path: str) -> io.BufferedReader:
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"data file {path} does not exist; check the data directory "
                                 "(a gin macro or environment variable names it)")
     return tf.io.gfile.GFile(path, "rb")
 
 
-def _decode(raw: bytes, where: str) -> str:
+def decode_utf8(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -94,8 +94,8 @@ def check_fields(record: Any, required: Sequence[str], where: str,
 
 def iter_json_array(path: str) -> Iterator[tuple[str, Any]]:
     """Yields (`path[index]`, object) for a file holding one JSON array (Alpaca's format)."""
-    with _open_text(path) as f:
-        text = _decode(f.read(), path)
+    with open_text(path) as f:
+        text = decode_utf8(f.read(), path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -109,8 +109,8 @@ def iter_json_array(path: str) -> Iterator[tuple[str, Any]]:
 
 def iter_tsv(path: str, quoting: int = csv.QUOTE_NONE) -> Iterator[tuple[str, dict[str, str]]]:
     """Yields (`path:line`, row as a dict keyed by the header)."""
-    with _open_text(path) as f:
-        text = _decode(f.read(), path)
+    with open_text(path) as f:
+        text = decode_utf8(f.read(), path)
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=quoting)
     header = next(reader, None)
     if header is None:
@@ -157,12 +157,12 @@ def jsonl_records(path: str, required: Sequence[str], skip_bad_records: bool = F
 
     def lines() -> Iterator[tuple[str, Any]]:
         # Parse line by line here so that one malformed line can be skipped and reading goes on.
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for number, raw in enumerate(f, start=1):
                 yield f"{path}:{number}", raw
 
     def parse(where: str, raw: bytes) -> Record | None:
-        text = _decode(raw, where).strip()
+        text = decode_utf8(raw, where).strip()
         if not text:
             return None
         try:

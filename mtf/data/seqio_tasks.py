@@ -121,6 +121,9 @@ def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
         key = example["inputs"] + "\x00" + example["targets"]
         return carved_split(key, validation_fraction) == split
 
+    if in_memory and choices:
+        raise ValueError("rank-classification tasks stream (their answer lists are ragged); "
+                         "register them with in_memory=False")
     signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
 
     def generate(split: str):
