@@ -29,6 +29,13 @@ from mtf.data import batches
 from mtf.model import T5Config
 
 STEP_INPUTS = step.MODEL_INPUTS + ("decoder_loss_weights",)
+PACKING_INPUTS = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                  "decoder_positions")
+
+
+def step_inputs(pack: bool) -> tuple[str, ...]:
+    """The batch features the compiled step takes (segment ids and positions if packed)."""
+    return tuple(k for k in STEP_INPUTS if pack or k not in PACKING_INPUTS)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,9 +91,9 @@ def _check_finite(value: float, step_number: int, ckpts: checkpoint.Checkpoints)
         "restarting resumes from that checkpoint")
 
 
-def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, local[k])
-            for k in STEP_INPUTS if k in local}
+def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding,
+                  keys: tuple[str, ...]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(sharding, local[k]) for k in keys}
 
 
 def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
@@ -179,7 +186,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     abstract_batch = {
         k: jax.ShapeDtypeStruct((batch_size, lengths["inputs"] if k.startswith("encoder")
                                  else lengths["targets"]), jnp.int32, sharding=batch_spec)
-        for k in STEP_INPUTS}
+        for k in step_inputs(data.pack)}
     replicated = NamedSharding(mesh, PartitionSpec())
     use_dropout = model_config.dropout_rate > 0
     step_fn = functools.partial(step.train_step, config=model_config, optimizer=tx, loss=loss,
@@ -212,7 +219,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     try:
         for done in range(start + 1, train_steps + 1):
             local = next(stream)
-            train_state, metrics = compiled(train_state, _global_batch(local, batch_spec), rng)
+            batch = _global_batch(local, batch_spec, tuple(abstract_batch))
+            train_state, metrics = compiled(train_state, batch, rng)
             log_now = done % log_period == 0 or done == train_steps
             save_now = done % checkpoint_config.period == 0 or done == train_steps
             stop_now = preemption.reached(done)

@@ -80,3 +80,17 @@ def test_half_written_checkpoint_is_never_picked_up(uninterrupted, tmp_path):
     assert steps(tmp_path)[-1] == 15
     result = run(tmp_path, TRAIN_STEPS="16")
     assert result.returncode == 0 and "resumed from step 15" in result.stdout
+
+
+def test_unpacked_run_resumes_by_seeking_with_the_same_losses(tmp_path):
+    """mT0's recipe is unpacked: its stream seeks instead of replaying (seekable.py)."""
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    result = run(reference_dir, PACK="False", TRAIN_STEPS="12", CHECKPOINT_PERIOD="6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = run(resumed_dir, PACK="False", TRAIN_STEPS="6", CHECKPOINT_PERIOD="6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(resumed_dir, PACK="False", TRAIN_STEPS="12", CHECKPOINT_PERIOD="6")
+    assert second.returncode == 0 and "resumed from step 6" in second.stdout
+    reference, resumed = last_losses(reference_dir), last_losses(resumed_dir)
+    np.testing.assert_allclose([resumed[s] for s in range(7, 13)],
+                               [reference[s] for s in range(7, 13)], rtol=1e-6)

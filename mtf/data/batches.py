@@ -2,8 +2,10 @@
 
 The stream is a pure function of (mixture, lengths, seed, process index/count), and its
 position is the number of batches consumed, saved with every checkpoint: a resumed run
-skips exactly that many batches and sees the examples the uninterrupted run would have.
-tf.data iterator checkpoints cannot hold Python-generator sources, hence skipping.
+sees exactly the examples the uninterrupted run would have. Unpacked runs of one-to-one
+tasks (mT0's recipe) seek there cheaply (seekable.py); packed runs skip batches of the
+seqio stream, replaying it (tf.data iterator checkpoints cannot hold Python-generator
+sources).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from mtf.data import seqio_tasks
+from mtf.data import seekable, seqio_tasks
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 # task feature -> model feature; per-token ids packed beside the targets they describe.
@@ -93,6 +95,7 @@ class DataConfig:
     seed: int = 0
     shuffle_buffer_size: int = 10_000
     use_cached: bool = False
+    seekable: bool = True  # unpacked runs resume without replaying (see seekable.py)
 
 
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
@@ -105,9 +108,15 @@ def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
                          f"for xP3? ({e})") from None
 
 
+def uses_seekable_stream(config: DataConfig) -> bool:
+    return (config.seekable and not config.pack and config.shuffle and not config.use_cached
+            and seekable.supported(provider(config)))
+
+
 def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
-            process_count: int = 1) -> tf.data.Dataset:
-    """This process's share of the global batches (batch_size is the global size)."""
+            process_count: int = 1, position: int = 0) -> tf.data.Dataset:
+    """This process's share of the global batches (batch_size is the global size), from
+    batch `position` on."""
     if batch_size % process_count:
         raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
                          "processes; choose a multiple")
@@ -117,18 +126,23 @@ def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
     if not has_metadata(provider_.name):
         lengths = {k: lengths[k] for k in ("inputs", "targets")}
         converter = seqio.EncDecFeatureConverter(pack=config.pack)
+    local_batch = batch_size // process_count
+    if uses_seekable_stream(config):
+        ds = seekable.examples(provider_, config.split, lengths, config.seed,
+                               config.shuffle_buffer_size, position * local_batch,
+                               seqio.ShardInfo(process_index, process_count))
+        return converter(ds, lengths).batch(local_batch, drop_remainder=True)
     ds = seqio.get_dataset(
         provider_.name, task_feature_lengths=lengths, dataset_split=config.split,
         shuffle=config.shuffle, num_epochs=None, seed=config.seed,
         shard_info=seqio.ShardInfo(process_index, process_count),
         use_cached=config.use_cached, feature_converter=converter)
-    return ds.batch(batch_size // process_count, drop_remainder=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.skip(position) if position else ds
 
 
 def batches(config: DataConfig, batch_size: int, position: int = 0, process_index: int = 0,
             process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches starting after `position` batches (the resume point)."""
-    ds = dataset(config, batch_size, process_index, process_count)
-    if position:
-        ds = ds.skip(position)
+    ds = dataset(config, batch_size, process_index, process_count, position)
     return ds.prefetch(2).as_numpy_iterator()
