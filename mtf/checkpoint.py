@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 import gin
@@ -21,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
-from mtf.convert.errors import CheckpointError
-from mtf.model import T5Config
+from mtf.convert.errors import CheckpointError, check_names_and_shapes
+from mtf.model import T5Config, flat_shapes
 
 STORAGE_DTYPES = ("float32", "bfloat16")
 
@@ -124,6 +124,11 @@ def detect_format(path: str) -> str:
                           f"checkpoint (found {sorted(names)[:10]})")
 
 
+def _shape_summary(c: T5Config) -> str:
+    return (f"vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}x{c.head_dim}, "
+            f"mlp {c.mlp_dim}, layers {c.num_encoder_layers}/{c.num_decoder_layers}")
+
+
 def load_initial_params(path: str, config: T5Config) -> Any:
     """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
     from mtf.convert import load_hf, load_params, load_t5x
@@ -133,16 +138,11 @@ def load_initial_params(path: str, config: T5Config) -> Any:
     if fmt == "t5x":
         return load_t5x(path, config)
     loaded_config, params = load_params(path) if fmt == "mtf" else load_hf(path)
-    wanted = (config.vocab_size, config.emb_dim, config.num_heads, config.head_dim,
-              config.mlp_dim, config.num_encoder_layers, config.num_decoder_layers)
-    found = (loaded_config.vocab_size, loaded_config.emb_dim, loaded_config.num_heads,
-             loaded_config.head_dim, loaded_config.mlp_dim, loaded_config.num_encoder_layers,
-             loaded_config.num_decoder_layers)
-    if wanted != found:
-        raise CheckpointError(
-            f"INITIAL_CHECKPOINT_PATH={path} holds a model of shape (vocab, emb, heads, "
-            f"head_dim, mlp, enc, dec) = {found}, the gin config asks for {wanted}; include "
-            "the matching gin/models/mt5_*.gin")
+    check_names_and_shapes(
+        {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
+        flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),
+        f"INITIAL_CHECKPOINT_PATH={path} (a model of {_shape_summary(loaded_config)}; the gin "
+        f"config asks for {_shape_summary(config)}: include the matching gin/models/mt5_*.gin)")
     if config.scan_layers and not loaded_config.scan_layers:
         from mtf.model import scan_params
 
@@ -156,6 +156,3 @@ def place(params: Any, shardings: Any) -> Any:
         lambda x, s: jax.make_array_from_callback(
             np.shape(x), s, lambda index: np.asarray(x[index], np.float32)), params, shardings)
 
-
-def exists(model_dir: str) -> bool:
-    return os.path.isdir(os.path.join(model_dir, "checkpoints"))

@@ -9,7 +9,7 @@ languages, to measure zero-shot task and language generalisation.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import seqio
@@ -51,14 +51,19 @@ def vocabulary() -> seqio.SentencePieceVocabulary:
     return seqio.SentencePieceVocabulary(str(VOCABULARY_PATH), extra_ids=100)
 
 
-def examples(language: str, task_types: Iterable[str], prompts: str = "both") -> list[dict]:
-    """Every prompted example of `task_types` in `language` (metadata task = task type)."""
+@functools.cache
+def examples(language: str, task_types: tuple[str, ...], prompts: str = "both"
+             ) -> tuple[dict, ...]:
+    """Every prompted example of `task_types` in `language` (metadata task = task type).
+
+    Cached: the task's dataset and its size for mixing rates read the same examples.
+    """
     out: list[dict] = []
     for task_type in task_types:
         records_fn, ids = TASK_TYPES[task_type]
         chosen = template_set().subset(ids).for_language(language, prompts)
         out += seqio_tasks.prompted_examples(records_fn(language), task_type, chosen, language)
-    return out
+    return tuple(out)
 
 
 def _register(name: str, language: str, task_types: tuple[str, ...],
@@ -67,8 +72,7 @@ def _register(name: str, language: str, task_types: tuple[str, ...],
     seqio_tasks.register_task(name, build, vocabulary(), validation_fraction,
                               metric_fns=[metrics.exact_match, metrics.chrf], in_memory=True)
     mixing.register_size(name, lambda: sum(
-        seqio_tasks.carved_split(e["inputs"] + "\x00" + e["targets"], validation_fraction)
-        == "train" for e in build()))
+        seqio_tasks.split_of(e, validation_fraction) == "train" for e in build()))
     return name
 
 

@@ -8,10 +8,9 @@ mT0 trains on `xp3`; the vocabulary is mT5's unless MTF_VOCABULARY says otherwis
 
 from __future__ import annotations
 
-import functools
 import os
 
-from mtf.data import metrics, mixing, seqio_tasks, xp3
+from mtf.data import languages, metrics, mixing, seqio_tasks, xp3
 from tasks import vocabularies
 
 MIXTURES = {"xp3": "xp3", "xp3_proportional": "proportional",
@@ -22,35 +21,28 @@ def register(root: str, vocabulary_path: str | None = None,
              skip_bad_records: bool = False, validation_fraction: float = 0.01) -> list[str]:
     """Registers `xp3_<lang>` for every language folder of `root` and the xp3 mixtures."""
     vocabulary = vocabularies.mt5(vocabulary_path)
-    names = {}
-    for lang, folder in xp3.language_dirs(root).items():
-        files = xp3.language_files(folder, lang)
-        name = f"xp3_{lang}"
 
-        def build(files=files, name=name, lang=lang):
+    def register_files(name: str, files: list[str], lang: str) -> None:
+        def build():
             return seqio_tasks.prompted_examples(
                 xp3.read(files, skip_bad_records), name, None, lang, skip_bad_records)
 
         seqio_tasks.register_task(name, build, vocabulary, validation_fraction,
                                   metric_fns=[metrics.exact_match])
-        mixing.register_size(name, functools.partial(
-            lambda fs: sum(xp3.count_lines(f) for f in fs), files))
-        names[name] = lang
+        mixing.register_size(name, lambda: sum(xp3.count_lines(f) for f in files))
+
+    names = {}
+    for lang, folder in xp3.language_dirs(root).items():
+        files = xp3.language_files(folder, lang)
+        register_files(f"xp3_{lang}", files, lang)
+        names[f"xp3_{lang}"] = lang
         if len(files) > 1:  # xP3x: one file per dataset; also a task per dataset
             for path in files:
                 stem = os.path.basename(path).removesuffix(".jsonl")
-                part = f"{name}_{stem}"
-
-                def build_part(path=path, part=part, lang=lang):
-                    return seqio_tasks.prompted_examples(
-                        xp3.read([path], skip_bad_records), part, None, lang, skip_bad_records)
-
-                seqio_tasks.register_task(part, build_part, vocabulary, validation_fraction,
-                                          metric_fns=[metrics.exact_match])
-                mixing.register_size(part, functools.partial(xp3.count_lines, path))
+                register_files(f"xp3_{lang}_{stem}", [path], lang)
     for mixture, strategy in MIXTURES.items():
         known = {n: lang for n, lang in names.items()
-                 if strategy != "xp3" or lang in mixing.languages.XP3_WEIGHTS}
+                 if strategy != "xp3" or lang in languages.XP3_WEIGHTS}
         seqio_tasks.register_mixture(
             mixture, [(n, mixing.rate_fn(strategy, lang)) for n, lang in known.items()])
     return sorted(names)

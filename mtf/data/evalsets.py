@@ -17,10 +17,6 @@ from mtf.data import languages, records, templates
 XNLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
 
-def _convert_all(items, convert, skip: bool, source: str) -> Iterator[dict]:
-    return records.guarded(iter(items), convert, skip, source)
-
-
 def xnli(path: str, language: str | None = None, skip_bad_records: bool = False
          ) -> Iterator[dict]:
     """XNLI-1.0's `xnli.{dev,test}.tsv` (all languages, a `language` column) or a
@@ -43,7 +39,7 @@ def xnli(path: str, language: str | None = None, skip_bad_records: bool = False
         return {"premise": premise, "hypothesis": hypothesis, "label": label_id,
                 "language": _lang(lang, where), "_where": where}
 
-    return _convert_all(records.iter_tsv(path), convert, skip_bad_records, path)
+    return records.guarded(records.iter_tsv(path), convert, skip_bad_records, path)
 
 
 def xcopa(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
@@ -82,7 +78,7 @@ def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Ite
                 "label": _int_label(row["AnswerRightEnding"], 2, where, one_based=True),
                 "language": _lang(language, where), "_where": where}
 
-    return _convert_all(rows(), convert, skip_bad_records, path)
+    return records.guarded(rows(), convert, skip_bad_records, path)
 
 
 def xwinograd(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:

@@ -20,8 +20,6 @@ from mtf.data import records as records_lib
 
 METADATA_FEATURES = ("targets_language", "targets_task")
 SPLITS = ("train", "validation")
-RecordsFn = Callable[[], Iterable[Mapping[str, Any]]]
-
 
 TASK_NAMES: dict[int, str] = {}  # id -> name for every task id handed out in this process
 
@@ -39,6 +37,14 @@ def carved_split(key: str, validation_fraction: float) -> str:
     """Deterministic train/validation assignment by content hash (same text, same split)."""
     bucket = zlib.crc32(key.encode("utf-8")) % 10_000
     return "validation" if bucket < validation_fraction * 10_000 else "train"
+
+
+def split_of(example: Mapping[str, Any], validation_fraction: float) -> str:
+    """The example's own `split` (dev/val count as validation), else carved by content."""
+    own = example.get("split") or ""
+    if own:
+        return "validation" if own in ("dev", "val") else own
+    return carved_split(example["inputs"] + "\x00" + example["targets"], validation_fraction)
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -114,13 +120,6 @@ def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
     the mini-xP3); otherwise stream them through a Python generator (any size).
     """
 
-    def in_split(example: Mapping[str, Any], split: str) -> bool:
-        own = example.get("split") or ""
-        if own:
-            return own == split or (split == "validation" and own in ("dev", "val"))
-        key = example["inputs"] + "\x00" + example["targets"]
-        return carved_split(key, validation_fraction) == split
-
     if in_memory and choices:
         raise ValueError("rank-classification tasks stream (their answer lists are ragged); "
                          "register them with in_memory=False")
@@ -128,7 +127,7 @@ def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
 
     def generate(split: str):
         for example in examples_fn():
-            if in_split(example, split):
+            if split_of(example, validation_fraction) == split:
                 yield {k: example[k] for k in signature}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
@@ -137,7 +136,7 @@ def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
             rows = list(generate(split))
             return tf.data.Dataset.from_tensor_slices(
                 {k: tf.constant([r[k] for r in rows], dtype=spec.dtype, shape=(len(rows),))
-                 for k, spec in _SIGNATURE.items()})
+                 for k, spec in signature.items()})
         return tf.data.Dataset.from_generator(
             functools.partial(generate, split), output_signature=signature)
 
