@@ -72,8 +72,10 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
+    from mtf.data import seqio_tasks
+
     provider = _provider(args.name)
-    tasks = getattr(provider, "tasks", [provider])
+    tasks = seqio_tasks.tasks_of(provider)
     vocab = tasks[0].output_features["targets"].vocabulary
     shown = 0
     per_task = args.n if len(tasks) == 1 else 1
@@ -93,10 +95,12 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_lengths(args: argparse.Namespace) -> None:
+    from mtf.data import seqio_tasks
+
     provider = _provider(args.name)
     lengths = {"inputs": args.inputs, "targets": args.targets}
     seen, over = Counter(), Counter()
-    for task in getattr(provider, "tasks", [provider]):
+    for task in seqio_tasks.tasks_of(provider):
         for e in _examples(task, args.split, args.max_examples):
             seen[task.name] += 1
             for key in ("inputs", "targets"):

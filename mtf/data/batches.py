@@ -75,10 +75,9 @@ def task_feature_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def has_metadata(name: str) -> bool:
-    provider = seqio.get_mixture_or_task(name)
-    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    return all(set(seqio_tasks.METADATA_FEATURES) <= set(t.output_features) for t in tasks)
+def has_metadata(provider: seqio.Task | seqio.Mixture) -> bool:
+    return all(set(seqio_tasks.METADATA_FEATURES) <= set(t.output_features)
+               for t in seqio_tasks.tasks_of(provider))
 
 
 @gin.configurable(module="mtf.data")
@@ -123,7 +122,7 @@ def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
     provider_ = provider(config)
     lengths = task_feature_lengths(config.task_feature_lengths)
     converter = feature_converter(config.pack)
-    if not has_metadata(provider_.name):
+    if not has_metadata(provider_):
         lengths = {k: lengths[k] for k in ("inputs", "targets")}
         converter = seqio.EncDecFeatureConverter(pack=config.pack)
     local_batch = batch_size // process_count

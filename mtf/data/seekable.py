@@ -27,11 +27,8 @@ ONE_TO_ONE = (seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after
 
 def supported(provider: seqio.Task | seqio.Mixture) -> bool:
     """Whether every task of `provider` maps records to examples one to one."""
-    return all(all(p in ONE_TO_ONE for p in task.preprocessors) for task in _tasks(provider))
-
-
-def _tasks(provider: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
-    return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+    return all(all(p in ONE_TO_ONE for p in task.preprocessors)
+               for task in seqio_tasks.tasks_of(provider))
 
 
 def _cdf(rates: Sequence[float]) -> np.ndarray:
@@ -86,7 +83,7 @@ def examples(provider: seqio.Task | seqio.Mixture, split: str, lengths: Mapping[
              seed: int, shuffle_buffer_size: int, start: int, shard: seqio.ShardInfo
              ) -> tf.data.Dataset:
     """This process's mixture stream of task examples, from its example `start` on."""
-    tasks = _tasks(provider)
+    tasks = seqio_tasks.tasks_of(provider)
     rates = ([provider.get_rate(t) for t in tasks] if isinstance(provider, seqio.Mixture)
              else [1.0])
     skips = consumed(rates, seed, shard.index, start)

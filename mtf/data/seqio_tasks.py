@@ -33,6 +33,11 @@ def task_id(name: str) -> int:
     return value
 
 
+def tasks_of(provider: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
+    """A mixture's tasks, or the task itself."""
+    return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
 def carved_split(key: str, validation_fraction: float) -> str:
     """Deterministic train/validation assignment by content hash (same text, same split)."""
     bucket = zlib.crc32(key.encode("utf-8")) % 10_000
