@@ -231,8 +231,9 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             if log_now:
                 now = time.perf_counter()
                 seconds = (now - last_time) / max(done - last_step, 1)
-                scalars = {k: float(jax.device_get(metrics[k]))
-                           for k in ("loss", "z_loss", "grad_norm", "learning_rate")}
+                fetched = jax.device_get({k: metrics[k] for k in ("z_loss", "grad_norm",
+                                                                  "learning_rate")})
+                scalars = {"loss": value, **{k: float(v) for k, v in fetched.items()}}
                 scalars["tokens_per_second"] = tokens_per_step / seconds
                 scalars["step_seconds"] = seconds
                 scalars["mfu"] = step_flops / seconds / (peak * jax.device_count())
