@@ -131,3 +131,19 @@ def test_schedules():
         make_schedule("linear")
     clipped = make_optimizer("adamw", grad_clip_norm=1.0)
     assert isinstance(clipped, optax.GradientTransformation)
+
+
+def test_dropout_mask_changes_with_the_step(params):
+    """The dropout rng is folded with state.step: same batch and params, new step, new mask;
+    the same step again gives the same mask (so a resumed run repeats the original)."""
+    config = CONFIG.replace(dropout_rate=0.5)
+    optimizer = make_optimizer("adafactor", make_schedule("constant", 0.0))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
+    step = jax.jit(lambda s, b: train_step(s, b, jax.random.key(0), config=config,
+                                           optimizer=optimizer, loss=LossConfig()))
+    batch = uneven_batch()
+    loss0 = float(step(state, batch)[1]["loss"])
+    again = float(step(state, batch)[1]["loss"])
+    loss1 = float(step(state.replace(step=jnp.ones((), jnp.int32)), batch)[1]["loss"])
+    assert loss0 == again and loss0 != loss1
