@@ -7,6 +7,11 @@ give exactly the one-batch loss and gradient (MaxText's rule), never a mean of m
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -84,3 +89,140 @@ def normalizer(mode: str | float, summed_denominator: Array) -> Array:
     if mode in (TOKENS, PER_SEQUENCE):
         return jnp.maximum(summed_denominator, 1e-8)
     return jnp.asarray(float(mode), jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedLoss:
+    """How the fused output projection + cross-entropy runs (hashable: a static argument).
+
+    chunks: pieces of the target length computed one after the other, so only
+    [batch, length / chunks, vocab] logits exist at a time. compute_dtype/scale describe
+    the projection (mT5: float32 kernel, no scale; tied T5 logits: activation dtype and
+    1/sqrt(emb)).
+    """
+
+    chunks: int = 1
+    z_loss: float = 0.0
+    label_smoothing: float = 0.0
+    compute_dtype: str = "float32"
+    scale: float = 1.0
+
+
+def _smoothing(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
+    """(confidence, weight of every other token, entropy offset), as `token_cross_entropy`."""
+    if not label_smoothing:
+        return 1.0, 0.0, 0.0
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (vocab - 1)
+    entropy = -(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
+    return confidence, low, entropy
+
+
+def _chunk_loss(hidden: Array, targets: Array, kernel: Array, settings: ChunkedLoss
+                ) -> tuple[Array, Array, Array, Array]:
+    """One chunk's (logits, log-normaliser, per-token loss, z part), all float32."""
+    logits = jnp.einsum("ble,ev->blv", hidden.astype(settings.compute_dtype),
+                        kernel.astype(settings.compute_dtype))
+    logits = logits.astype(jnp.float32)
+    if settings.scale != 1.0:
+        logits = logits * settings.scale
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    vocab = logits.shape[-1]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    confidence, low, entropy = _smoothing(vocab, settings.label_smoothing)
+    if settings.label_smoothing:
+        mean_logit = jnp.mean(logits, axis=-1)
+        smoothed = confidence * target_logit + low * (vocab * mean_logit - target_logit)
+        loss = log_z - smoothed - entropy
+    else:
+        loss = log_z - target_logit
+    z = settings.z_loss * jnp.square(log_z)
+    return logits, log_z, loss + z, z
+
+
+def _split(x: Array, chunks: int) -> Array:
+    """[batch, length, ...] -> [chunks, batch, length / chunks, ...] (length padded)."""
+    length = x.shape[1]
+    pad = -length % chunks
+    if pad:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((x.shape[0], chunks, -1) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _join(x: Array, length: int) -> Array:
+    """Inverse of `_split`."""
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :length]
+
+
+def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads):
+    length = hidden.shape[1]
+    chunks = max(1, min(settings.chunks, length))
+    xs = (_split(hidden, chunks), _split(targets, chunks), _split(token_weights, chunks))
+    vocab = kernel.shape[-1]
+    confidence, low, _ = _smoothing(vocab, settings.label_smoothing)
+    cdt = jnp.dtype(settings.compute_dtype)
+
+    def body(d_kernel, x):
+        h, t, w = x
+        logits, log_z, loss, z = _chunk_loss(h, t, kernel, settings)
+        if not with_grads:
+            return d_kernel, (loss, z)
+        # d(w * loss)/d logits = w * (softmax * (1 + 2 z_loss log_z) - smoothed one-hot)
+        probs = jnp.exp(logits - log_z[..., None])
+        onehot = jnp.arange(vocab, dtype=t.dtype) == t[..., None]
+        d_logits = w[..., None] * (probs * (1.0 + 2.0 * settings.z_loss * log_z)[..., None]
+                                   - low - (confidence - low) * onehot)
+        d_logits = (d_logits * settings.scale).astype(cdt)
+        d_hidden = jnp.einsum("blv,ev->ble", d_logits, kernel.astype(cdt)).astype(h.dtype)
+        d_kernel = d_kernel + jnp.einsum("ble,blv->ev", h.astype(cdt), d_logits,
+                                         preferred_element_type=jnp.float32)
+        return d_kernel, (loss, z, d_hidden)
+
+    d_kernel = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
+    d_kernel, outs = jax.lax.scan(body, d_kernel, xs)
+    per_token, z = _join(outs[0], length), _join(outs[1], length)
+    numerator = jnp.sum(per_token * token_weights)
+    if not with_grads:
+        return numerator, per_token, z
+    return (numerator, per_token, z), (d_kernel.astype(kernel.dtype),
+                                       _join(outs[2], length), per_token)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused(hidden, kernel, targets, token_weights, settings):
+    return _fused_forward(hidden, kernel, targets, token_weights, settings, False)
+
+
+def _fused_fwd(hidden, kernel, targets, token_weights, settings):
+    return _fused_forward(hidden, kernel, targets, token_weights, settings, True)
+
+
+def _fused_bwd(settings, residuals, cotangents):
+    d_kernel, d_hidden, per_token = residuals
+    g = cotangents[0]  # only the numerator is differentiable (see fused_cross_entropy)
+    return ((g * d_hidden.astype(jnp.float32)).astype(d_hidden.dtype), g * d_kernel, None,
+            g * per_token)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_cross_entropy(hidden: Array, kernel: Array, targets: Array, token_weights: Array,
+                        settings: ChunkedLoss) -> tuple[Array, Array, Array]:
+    """(sum of per-token loss x token_weights, per-token loss, per-token z part) straight
+    from the decoder's last hidden states [batch, length, emb] and the output kernel
+    [emb, vocab], never holding the [batch, length, vocab] logits.
+
+    Written by hand because no maintained JAX library has it (MaxText's vocab tiling and
+    Liger's fused linear cross-entropy are the references). The gradient of the weighted
+    sum is formed chunk by chunk in the forward pass (the loss is the last operation, so
+    only a scalar cotangent is still to come), saving nothing of vocabulary size. Equal to
+    `token_cross_entropy` on the projected logits; the per-token outputs are for metrics
+    and carry no gradient.
+    """
+    numerator, per_token, z = _fused(hidden, kernel, targets,
+                                     token_weights.astype(jnp.float32), settings)
+    return numerator, jax.lax.stop_gradient(per_token), jax.lax.stop_gradient(z)

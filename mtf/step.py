@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from mtf import losses
-from mtf.model import T5Config, Transformer
+from mtf.model import T5Config, Transformer, output_projection
 
 Batch = dict[str, jax.Array]
 MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -27,9 +27,19 @@ class TrainState(flax.struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
+    """normalizing_factor: T5X's LOSS_NORMALIZING_FACTOR; chunks: the target length is
+    projected to the vocabulary in this many pieces (LOSS_CHUNKS), bounding the logits held
+    at once to [batch, length / chunks, vocab] (`losses.fused_cross_entropy`)."""
+
     normalizing_factor: str | float = losses.TOKENS
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
+    chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunks, int) or self.chunks < 1:
+            raise ValueError(f"LOSS_CHUNKS={self.chunks!r} must be a positive integer (1: the "
+                             "whole target length at once)")
 
 
 def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
@@ -38,18 +48,20 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     token's weighted cross-entropy (for per-language and per-task loss on the host)."""
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    logits = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
-                         rngs=rngs)
+    hidden = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
+                         rngs=rngs, return_hidden=True)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
     weights = weights.astype(jnp.float32)
-    per_token, z = losses.token_cross_entropy(logits, targets, loss.z_loss,
-                                              loss.label_smoothing)
     token_weights, denominator = losses.normalization_weights(
         weights, loss.normalizing_factor, batch.get("decoder_segment_ids"))
+    kernel, compute_dtype, scale = output_projection(params, model.config)
+    numerator, per_token, z = losses.fused_cross_entropy(
+        hidden, kernel, targets, token_weights,
+        losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}
-    return jnp.sum(per_token * token_weights), (stats, per_token * weights)
+    return numerator, (stats, per_token * weights)
 
 
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,

@@ -1,4 +1,8 @@
-"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set before jax imports)."""
+"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set before jax imports).
+
+With the argument `chunked`, every mesh runs the chunked loss (label smoothing, z-loss) and
+is compared with the plain whole-logits loss on one device.
+"""
 # ruff: noqa: E402
 
 import os
@@ -27,7 +31,9 @@ dec[:, 1:] = tgt[:, :-1]
 BATCH = {"encoder_input_tokens": rng.integers(2, 64, (8, 10)).astype(np.int32),
          "decoder_input_tokens": dec, "decoder_target_tokens": tgt}
 optimizer = make_optimizer("adafactor")
-loss_config = LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE")
+CHUNKED = sys.argv[1:] == ["chunked"]
+loss_config = LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE",
+                         label_smoothing=0.1 if CHUNKED else 0.0, chunks=4 if CHUNKED else 1)
 
 
 def run(shape, microbatches=1):
@@ -43,7 +49,26 @@ def run(shape, microbatches=1):
     return float(loss), jax.tree.map(np.asarray, grads), embedding.sharding
 
 
+if CHUNKED:
+    # on each mesh, the chunked loss equals the plain one on that same mesh to 1e-6
+    from test_chunked_loss import reference_loss_terms
+
+    from mtf import step
+
+    chunked_terms = step.loss_terms
+    for shape, k in [((1, 1, 1), 1), ((8, 1, 1), 1), ((2, 2, 2), 2), ((1, 2, 4), 4)]:
+        step.loss_terms = reference_loss_terms
+        plain_loss, plain_grads, _ = run(shape, k)
+        step.loss_terms = chunked_terms
+        loss, grads, _ = run(shape, k)
+        assert abs(loss - plain_loss) <= 1e-6 * abs(plain_loss), (shape, loss, plain_loss)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * float(np.abs(b).max()))
+        print("chunked", shape, k, "loss", loss, "plain", plain_loss)
+    step.loss_terms = reference_loss_terms
 reference_loss, reference_grads, sharding = run((1, 1, 1))
+if CHUNKED:
+    step.loss_terms = chunked_terms
 for shape, k in [((8, 1, 1), 1), ((2, 2, 2), 1), ((1, 4, 2), 2), ((2, 1, 4), 4), ((-1, 2, 2), 2)]:
     loss, grads, sharding = run(shape, k)
     assert abs(loss - reference_loss) < 1e-5 * abs(reference_loss), (shape, loss)

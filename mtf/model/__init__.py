@@ -1,7 +1,7 @@
 """The mT5 network (T5.1.1 architecture) in Flax, with T5X's parameter names."""
 
 from mtf.model.config import T5Config
-from mtf.model.network import Transformer
+from mtf.model.network import Transformer, output_projection
 from mtf.model.params import (
     abstract_params,
     flat_shapes,
@@ -12,4 +12,4 @@ from mtf.model.params import (
 )
 
 __all__ = ["T5Config", "Transformer", "abstract_params", "flat_shapes", "init_params",
-           "logical_axes", "scan_params", "unscan_params"]
+           "logical_axes", "output_projection", "scan_params", "unscan_params"]

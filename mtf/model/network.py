@@ -133,7 +133,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, encoded: Array, tokens: Array, self_mask: Array | None,
                  cross_mask: Array | None, deterministic: bool = True, decode: bool = False,
-                 max_decode_length: int | None = None) -> Array:
+                 max_decode_length: int | None = None, return_hidden: bool = False) -> Array:
         cfg = self.config
         length = max_decode_length if decode and max_decode_length else tokens.shape[-1]
         bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
@@ -147,12 +147,23 @@ class Decoder(nn.Module):
                         (encoded, self_mask, cross_mask, bias))
         y = _norm(cfg, "decoder_norm")(y)
         y = _dropout(cfg, y, deterministic)
+        if return_hidden:  # the fused loss applies the output projection itself
+            return y
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1]).astype(np.float32)
         else:
             logits = Dense(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
                            name="logits_dense")(y)
         return constrain(logits, ("batch", "length", "vocab"))
+
+
+def output_projection(params: dict, config: T5Config) -> tuple[Array, str, float]:
+    """(kernel [emb, vocab], compute dtype, scale) of the logits layer, for the fused loss
+    (`losses.fused_cross_entropy`) to apply to the `return_hidden` states."""
+    if config.logits_via_embedding:
+        return (params["token_embedder"]["embedding"].T, config.dtype,
+                float(1.0 / np.sqrt(config.emb_dim)))
+    return params["decoder"]["logits_dense"]["kernel"], "float32", 1.0
 
 
 class Transformer(nn.Module):
@@ -176,8 +187,10 @@ class Transformer(nn.Module):
                decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, enable_dropout: bool = True,
-               decode: bool = False, max_decode_length: int | None = None) -> Array:
-        """Decoder logits; with `decode=True`, one step against the cache.
+               decode: bool = False, max_decode_length: int | None = None,
+               return_hidden: bool = False) -> Array:
+        """Decoder logits (or, with `return_hidden`, the states the logits project from);
+        with `decode=True`, one step against the cache.
 
         Positions are implied by the sequence index (relative attention within a packed
         segment does not depend on where the segment starts), so `decoder_positions` is
@@ -194,16 +207,18 @@ class Transformer(nn.Module):
                                      decoder_segment_ids, encoder_segment_ids)
         return self.decoder(encoded, decoder_input_tokens, self_mask, cross,
                             deterministic=not enable_dropout, decode=decode,
-                            max_decode_length=max_decode_length)
+                            max_decode_length=max_decode_length, return_hidden=return_hidden)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
                  decoder_segment_ids: Array | None = None,
                  encoder_positions: Array | None = None,
                  decoder_positions: Array | None = None, *, enable_dropout: bool = True,
-                 decode: bool = False, max_decode_length: int | None = None) -> Array:
+                 decode: bool = False, max_decode_length: int | None = None,
+                 return_hidden: bool = False) -> Array:
         del encoder_positions  # see `decode`: relative attention needs no absolute positions
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                            decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
-                           decoder_positions, enable_dropout, decode, max_decode_length)
+                           decoder_positions, enable_dropout, decode, max_decode_length,
+                           return_hidden)
