@@ -19,14 +19,15 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mtf.model.config import REMAT_POLICIES
+
 
 def train_bench(args: argparse.Namespace) -> dict:
-    import flax.linen as nn
     import gin
     import jax
     import numpy as np
 
-    from mtf import config, flops, optim, partitioning, state, step
+    from mtf import config, flops, optim, partitioning, program, state, step
 
     config.parse([f"models/mt5_{args.model}.gin"],
                  [f"NUM_EMBEDDINGS={args.vocab}", f"ACTIVATION_DTYPE='{args.dtype}'"])
@@ -35,9 +36,10 @@ def train_bench(args: argparse.Namespace) -> dict:
     gin.clear_config()
     mesh = partitioning.make_mesh([int(x) for x in args.mesh.split(",")])
     tx = optim.make_optimizer("adafactor", optim.make_schedule("constant", 1e-3))
-    _, shardings = state.state_shardings(model_config, tx, mesh)
+    compiled_step = program.train_program(
+        model_config, tx, mesh, args.batch, {"inputs": args.inputs, "targets": args.targets},
+        False, step.LossConfig(chunks=args.loss_chunks), args.microbatches)
     train_state = state.init_state(model_config, tx, mesh, jax.random.key(0))
-    batch_spec = partitioning.batch_sharding(mesh)
     rng = np.random.default_rng(0)
 
     def batch():
@@ -49,23 +51,17 @@ def train_bench(args: argparse.Namespace) -> dict:
             "decoder_target_tokens": targets,
             "decoder_loss_weights": np.ones_like(targets),
         }
-        return {k: jax.device_put(v, batch_spec) for k, v in host.items()}
+        return {k: jax.device_put(v, compiled_step.batch_sharding) for k, v in host.items()}
 
-    fn = jax.jit(lambda s, b: step.train_step(
-        s, b, None, config=model_config, optimizer=tx, loss=step.LossConfig(),
-        num_microbatches=args.microbatches),
-        in_shardings=(shardings, batch_spec), out_shardings=(shardings, None),
-        donate_argnums=(0,))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
-        start = time.perf_counter()
-        compiled = fn.lower(train_state, batch()).compile()
-        compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = compiled_step.compile()
+    compile_s = time.perf_counter() - start
     batches = [batch() for _ in range(2)]
-    train_state, metrics = compiled(train_state, batches[0])  # warm-up step
+    train_state, metrics = compiled(train_state, batches[0], None)  # warm-up step
     jax.block_until_ready(metrics["loss"])
     start = time.perf_counter()
     for i in range(args.steps):
-        train_state, metrics = compiled(train_state, batches[i % 2])
+        train_state, metrics = compiled(train_state, batches[i % 2], None)
     jax.block_until_ready((train_state, metrics["loss"]))
     step_s = (time.perf_counter() - start) / args.steps
     peak = flops.measure_peak_flops(args.dtype) * jax.device_count()
@@ -73,7 +69,8 @@ def train_bench(args: argparse.Namespace) -> dict:
     return {
         "bench": "train", "model": args.model, "vocab": args.vocab, "dtype": args.dtype,
         "batch": args.batch, "inputs": args.inputs, "targets": args.targets,
-        "steps": args.steps, "devices": jax.device_count(),
+        "steps": args.steps, "loss_chunks": args.loss_chunks, "remat": args.remat,
+        "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 2),
         "loss": float(metrics["loss"]), "step_s": step_s,
         "tokens_per_s": args.batch * (args.inputs + args.targets) / step_s,
@@ -97,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model sizes")
     p.add_argument("--microbatches", type=int, default=1)
-    p.add_argument("--remat", default="none", choices=["none", "full", "minimal"])
+    p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
+    p.add_argument("--loss_chunks", type=int, default=1,
+                   help="pieces of the target length the fused loss projects at a time")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     result = train_bench(args)

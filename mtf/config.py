@@ -41,6 +41,17 @@ def normalize_binding(binding: str) -> str:
         return f"{name} = {value!r}"
 
 
+def split_gin_flags(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`--gin.NAME=VALUE` bindings as `NAME=VALUE`, the other arguments): T5X's flag syntax."""
+    bindings, other = [], []
+    for arg in args:
+        if arg.startswith("--gin."):
+            bindings.append(arg[len("--gin."):])
+        else:
+            other.append(arg)
+    return bindings, other
+
+
 def find_gin_file(name: str) -> str:
     if os.path.isabs(name):
         if os.path.exists(name):

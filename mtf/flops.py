@@ -13,14 +13,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from mtf import hardware
 from mtf.model import T5Config
-
-# Dense bf16 peak per device, from the vendors' data sheets.
-PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
 
 
 def model_flops_per_step(config: T5Config, batch: int, inputs: int, targets: int) -> float:
@@ -55,8 +49,8 @@ def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 
 
 
 def peak_flops_per_device(dtype: str = "bfloat16") -> float:
-    kind = jax.devices()[0].device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops
+    """The data sheet's bf16 peak (`hardware.CHIPS`), or a matmul measured here (CPUs)."""
+    chip = hardware.chip_of(jax.devices()[0].device_kind)
+    if chip is not None:
+        return chip.peak_bf16_flops
     return measure_peak_flops(dtype if jax.default_backend() != "cpu" else "float32")

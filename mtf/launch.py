@@ -34,13 +34,10 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         default=int(os.environ.get("MTF_HEARTBEAT_TIMEOUT", "100")),
                         help="seconds after which a silent host fails the others")
     args, rest = parser.parse_known_args(argv)
-    bindings = list(args.gin_bindings)
-    unknown = []
-    for arg in rest:
-        if arg.startswith("--gin."):
-            bindings.append(arg[len("--gin."):])
-        else:
-            unknown.append(arg)
+    from mtf.config import split_gin_flags  # light: gin only, no jax
+
+    flag_bindings, unknown = split_gin_flags(rest)
+    bindings = list(args.gin_bindings) + flag_bindings
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.gin_file = args.gin_file or [DEFAULT_GIN_FILE]

@@ -106,6 +106,7 @@ class ChunkedLoss:
     label_smoothing: float = 0.0
     compute_dtype: str = "float32"
     scale: float = 1.0
+    unroll: bool = False  # unrolled chunk loop: XLA's cost analysis then counts every chunk
 
 
 def _smoothing(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
@@ -182,7 +183,7 @@ def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads)
         return d_kernel, (loss, z, d_hidden)
 
     d_kernel = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
-    d_kernel, outs = jax.lax.scan(body, d_kernel, xs)
+    d_kernel, outs = jax.lax.scan(body, d_kernel, xs, unroll=settings.unroll or 1)
     per_token, z = _join(outs[0], length), _join(outs[1], length)
     numerator = jnp.sum(per_token * token_weights)
     if not with_grads:

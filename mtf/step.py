@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ class LossConfig:
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
     chunks: int = 1
+    unroll_chunks: bool = False  # for `mtf.plan`'s cost compile: XLA counts a loop body once
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunks, int) or self.chunks < 1:
@@ -58,7 +60,8 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     kernel, compute_dtype, scale = output_projection(params, model.config)
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
-        losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale))
+        losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
+                           loss.unroll_chunks))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}
     return numerator, (stats, per_token * weights)
@@ -76,12 +79,14 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
         if size % num_microbatches:
             raise ValueError(f"batch size {size} is not divisible by "
                              f"{num_microbatches} microbatches")
-        micro = jax.tree.map(
-            lambda x: x.reshape((num_microbatches, size // num_microbatches) + x.shape[1:]),
-            batch)
+        # Microbatch i takes rows i, i + k, i + 2k, ...: every device holds a share of every
+        # microbatch, so no microbatch sits on 1/k of the data-parallel devices (MaxText).
+        micro = jax.tree.map(lambda x: jnp.swapaxes(
+            x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1), batch)
 
         def body(carry, xs):
             index, mb = xs
+            mb = {k: nn.with_logical_constraint(v, ("batch", "length")) for k, v in mb.items()}
             rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
             (num, (st, tok)), g = grad_fn(params, mb, rng, model, loss)
             return jax.tree.map(jnp.add, carry, (num, st, g)), tok
@@ -93,7 +98,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
         zero = (*zero, jax.tree.map(jnp.zeros_like, params))
         (numerator, stats, grads), token_loss = jax.lax.scan(
             body, zero, (jnp.arange(num_microbatches), micro))
-        token_loss = token_loss.reshape((size,) + token_loss.shape[2:])
+        token_loss = jnp.swapaxes(token_loss, 0, 1).reshape((size,) + token_loss.shape[2:])
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     grads = jax.tree.map(lambda g: g / norm, grads)
     return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,

@@ -8,7 +8,6 @@ TRAIN_STEPS counts this run's steps from its start point (not pretraining, unlik
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -16,26 +15,17 @@ import signal
 import time
 from typing import Any
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from mtf import checkpoint, flops, observability, optim, partitioning, state, step
+from mtf import checkpoint, flops, observability, optim, partitioning, program, state, step
 from mtf.data import batches
 from mtf.model import T5Config
-
-STEP_INPUTS = step.MODEL_INPUTS + ("decoder_loss_weights",)
-PACKING_INPUTS = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                  "decoder_positions")
-
-
-def step_inputs(pack: bool) -> tuple[str, ...]:
-    """The batch features the compiled step takes (segment ids and positions if packed)."""
-    return tuple(k for k in STEP_INPUTS if pack or k not in PACKING_INPUTS)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,8 +110,7 @@ def _print_memory(compiled: Any) -> None:
 
 
 def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
-                     data: batches.DataConfig):
-    abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
+                     data: batches.DataConfig, abstract, shardings):
     latest = ckpts.latest_step()
     if latest is not None:
         restored, position, saved = ckpts.restore(latest, abstract, shardings)
@@ -132,16 +121,30 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
         if position.get("mixture") not in (None, data.mixture_or_task_name):
             logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
                             data.mixture_or_task_name, position.get("mixture"))
-        return restored, int(position["batches"]), f"resumed from step {latest}", shardings
+        return restored, int(position["batches"]), f"resumed from step {latest}"
     if initial_checkpoint_path:
         params = checkpoint.load_initial_params(initial_checkpoint_path, model_config)
         params = checkpoint.place(params, shardings.params)
         opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
         step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
         return (step.TrainState(step=step0, params=params, opt_state=opt_state), 0,
-                f"initialised from {initial_checkpoint_path}", shardings)
+                f"initialised from {initial_checkpoint_path}")
     fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
-    return fresh, 0, "random initialisation", shardings
+    return fresh, 0, "random initialisation"
+
+
+def step_program(mesh, *, model_config: T5Config, batch_size: int, data: batches.DataConfig,
+                 optimizer: str, learning_rate: float, schedule: str, warmup_steps: int,
+                 decay_steps: int, grad_clip_norm: float | None, weight_decay: float,
+                 loss: step.LossConfig, num_microbatches: int, **_other_train_arguments
+                 ) -> tuple[program.TrainProgram, optax.GradientTransformation]:
+    """The step `train` compiles for these arguments (train's own; `mtf.plan` passes the gin
+    bindings of `train` to get exactly the same program), and its optimizer."""
+    schedule_fn = optim.make_schedule(schedule, learning_rate, warmup_steps, decay_steps)
+    tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)
+    lengths = batches.task_feature_lengths(data.task_feature_lengths)
+    return program.train_program(model_config, tx, mesh, batch_size, lengths, data.pack,
+                                 loss, num_microbatches, schedule_fn), tx
 
 
 def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_size: int,
@@ -166,11 +169,16 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     chief = jax.process_index() == 0
     batches.provider(data)  # fail before any compiling if the mixture is not registered
     mesh = partitioning.make_mesh(mesh_shape)
-    schedule_fn = optim.make_schedule(schedule, learning_rate, warmup_steps, decay_steps)
-    tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)
+    compiled_step, tx = step_program(
+        mesh, model_config=model_config, batch_size=batch_size, data=data,
+        optimizer=optimizer, learning_rate=learning_rate, schedule=schedule,
+        warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
+        weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
+    lengths = batches.task_feature_lengths(data.task_feature_lengths)
     ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
-    train_state, position, source, shardings = _restore_or_init(
-        model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data)
+    train_state, position, source = _restore_or_init(
+        model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
+        compiled_step.abstract_state, compiled_step.shardings)
     start = int(jax.device_get(train_state.step))
     if chief:
         print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
@@ -181,24 +189,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         ckpts.close()
         return TrainResult(start, start, {}, False, source)
 
-    lengths = batches.task_feature_lengths(data.task_feature_lengths)
-    batch_spec = partitioning.batch_sharding(mesh)
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct((batch_size, lengths["inputs"] if k.startswith("encoder")
-                                 else lengths["targets"]), jnp.int32, sharding=batch_spec)
-        for k in step_inputs(data.pack)}
-    replicated = NamedSharding(mesh, PartitionSpec())
-    use_dropout = model_config.dropout_rate > 0
-    step_fn = functools.partial(step.train_step, config=model_config, optimizer=tx, loss=loss,
-                                num_microbatches=num_microbatches, learning_rate=schedule_fn)
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_spec, replicated),
-                     out_shardings=(shardings, None), donate_argnums=(0,))
-    rng = jax.random.key(seed) if use_dropout else None
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                    sharding=s),
-                                  train_state, shardings)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
-        compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
+    rng = jax.random.key(seed) if compiled_step.dropout else None
+    compiled = compiled_step.compile(rng)
     if chief:
         _print_memory(compiled)
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
@@ -219,7 +211,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     try:
         for done in range(start + 1, train_steps + 1):
             local = next(stream)
-            batch = _global_batch(local, batch_spec, tuple(abstract_batch))
+            batch = _global_batch(local, compiled_step.batch_sharding,
+                                  tuple(compiled_step.abstract_batch))
             train_state, metrics = compiled(train_state, batch, rng)
             log_now = done % log_period == 0 or done == train_steps
             save_now = done % checkpoint_config.period == 0 or done == train_steps

@@ -4,6 +4,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The test extra installs libtpu (for mtf.plan); tests run on the CPU and must not contend
+# for its lock file. mtf.plan's own subprocesses set what they need.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tasks default to mT5's vocabulary on gs://; tests use the committed mini-xP3 one offline.
 os.environ.setdefault("MTF_VOCABULARY", str(Path(__file__).resolve().parents[1] / "tasks"
                                             / "vocab" / "mini_xp3.model"))

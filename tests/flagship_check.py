@@ -1,6 +1,8 @@
 """Builds gin/mt0_xxl.gin abstractly on 8 simulated devices (run by test_train.py).
 
-argv: an xP3 tree. Prints one JSON line. Nothing the size of the model is allocated.
+argv: an xP3 tree. Prints one JSON line. Nothing the size of the model is allocated. The
+step is built from the gin bindings of `train.train` exactly as the train loop and
+`mtf.plan` build it (`train.step_program`).
 """
 
 import json
@@ -10,44 +12,30 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["XP3_DIR"] = sys.argv[1]
 
-import flax.linen as nn  # noqa: E402
 import gin  # noqa: E402
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
-from mtf import config, optim, partitioning, state, step  # noqa: E402
-from mtf.data import batches  # noqa: E402
+from mtf import config, partitioning, plan, train  # noqa: E402
 
 config.parse(["gin/mt0_xxl.gin"], ["MODEL_DIR=/tmp/unused"])
-model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
-data = gin.query_parameter("train.train.data").scoped_configurable_fn()
-loss = gin.query_parameter("train.train.loss").scoped_configurable_fn()
-mesh = partitioning.make_mesh(gin.query_parameter("%MESH_SHAPE"))
-tx = optim.make_optimizer(gin.query_parameter("%OPTIMIZER"),
-                          optim.make_schedule("constant", gin.query_parameter("%LEARNING_RATE")))
-abstract, shardings = state.state_shardings(model_config, tx, mesh)
+arguments = plan.train_arguments()
+model_config, data, loss = arguments["model_config"], arguments["data"], arguments["loss"]
+mesh = partitioning.make_mesh(arguments["mesh_shape"])
+program, _ = train.step_program(mesh, **arguments)
+lowered = program.lower()
 mixture = seqio.get_mixture_or_task(data.mixture_or_task_name)
-lengths = batches.task_feature_lengths(data.task_feature_lengths)
-batch_size = gin.query_parameter("%BATCH_SIZE")
-spec = partitioning.batch_sharding(mesh)
-abstract_batch = {k: jax.ShapeDtypeStruct(
-    (batch_size, lengths["inputs"] if k.startswith("encoder") else lengths["targets"]),
-    np.int32, sharding=spec) for k in ("encoder_input_tokens", "decoder_input_tokens",
-                                       "decoder_target_tokens", "decoder_loss_weights")}
-abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              abstract, shardings)
-fn = jax.jit(lambda s, b: step.train_step(s, b, None, config=model_config, optimizer=tx,
-                                          loss=loss), donate_argnums=(0,))
-with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
-    lowered = fn.lower(abstract_state, abstract_batch)
-params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-mlp = shardings.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].spec
+params = sum(int(np.prod(x.shape)) for x in
+             __import__("jax").tree.leaves(program.abstract_state.params))
+layers = program.shardings.params["encoder"]
+mlp = (layers["layers"] if model_config.scan_layers else layers["layers_0"])["mlp"]
+batch = program.abstract_batch["encoder_input_tokens"].shape
 print(json.dumps({
     "params": params, "emb_dim": model_config.emb_dim, "dtype": model_config.dtype,
     "dropout": model_config.dropout_rate, "mixture_tasks": len(mixture.tasks),
-    "batch": batch_size, "lengths": [lengths["inputs"], lengths["targets"]],
+    "batch": batch[0], "lengths": [batch[1], program.abstract_batch[
+        "decoder_target_tokens"].shape[1]],
     "pack": data.pack, "normalizing": loss.normalizing_factor, "z_loss": loss.z_loss,
-    "mesh": dict(mesh.shape), "mlp_spec": [str(a) for a in mlp],
+    "mesh": dict(mesh.shape), "mlp_spec": [str(a) for a in mlp["wi_0"]["kernel"].spec],
     "initial": gin.query_parameter("%INITIAL_CHECKPOINT_PATH"),
-    "lowered": "stablehlo" in lowered.as_text()[:2000] or len(lowered.as_text()) > 0}))
+    "lowered": len(lowered.as_text()) > 0}))

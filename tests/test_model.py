@@ -18,6 +18,7 @@ from mtf.model import (
     scan_params,
     unscan_params,
 )
+from mtf.model.config import REMAT_POLICIES
 from mtf.model.layers import relative_position_bucket
 
 CONFIG = T5Config(vocab_size=61, emb_dim=24, num_heads=3, num_encoder_layers=2,
@@ -72,7 +73,7 @@ def test_activations_carry_logical_constraints(params):
     assert "P('data', None, 'model')" in jaxpr  # logits: batch -> data, vocab -> model
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "minimal"])
+@pytest.mark.parametrize("remat", REMAT_POLICIES)
 def test_scanned_and_remat_match_unscanned(params, remat):
     batch = random_batch(np.random.default_rng(1), CONFIG.vocab_size)
     reference = apply(CONFIG, params, batch)

@@ -43,6 +43,9 @@ def test_microbatches_give_the_one_batch_gradient(params, mode):
     one = jax.jit(lambda p, b: gradients(p, b, None, model, loss, 1))(params, batch)
     four = jax.jit(lambda p, b: gradients(p, b, None, model, loss, 4))(params, batch)
     np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
+    # per-token losses come back in the batch's row order (per-language metrics rely on it)
+    np.testing.assert_allclose(four[2]["token_loss"], one[2]["token_loss"], rtol=1e-5,
+                               atol=1e-7)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                  four[1], one[1])
     if mode != 1000.0:  # a mean of per-microbatch means would differ: the test has teeth

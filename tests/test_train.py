@@ -11,6 +11,7 @@ import pytest
 
 import tasks  # noqa: F401  registers mini_xp3_sw
 from mtf import checkpoint, optim, partitioning, train
+from mtf import state as train_state
 from mtf.convert import load_t5x, save_hf, save_params
 from mtf.convert.errors import CheckpointError
 from mtf.convert.t5x import infer_config
@@ -65,9 +66,10 @@ def test_flagship_config_builds_abstractly(tmp_path):
 def _initial(model_config, path, tmp_path):
     tx = optim.make_optimizer("adafactor")
     mesh = partitioning.make_mesh((-1, 1, 1))
+    abstract, shardings = train_state.state_shardings(model_config, tx, mesh)
     with checkpoint.Checkpoints(str(tmp_path / "run")) as ckpts:
-        state, position, source, _ = train._restore_or_init(model_config, tx, mesh, ckpts, path,
-                                                            0, DATA)
+        state, position, source = train._restore_or_init(model_config, tx, mesh, ckpts, path,
+                                                         0, DATA, abstract, shardings)
     return state, position, source
 
 

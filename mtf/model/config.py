@@ -9,7 +9,11 @@ from typing import Any
 import jax.numpy as jnp
 
 ACTIVATIONS = ("gelu", "relu", "linear")
-REMAT_POLICIES = ("none", "full", "minimal")
+# What each layer keeps for the backward pass (the rest is recomputed): 'none' keeps all,
+# 'full' nothing but its input, 'dots' every matmul output, 'dots_with_no_batch_dims'
+# (alias 'minimal') the matmuls whose operands have no batch dimension, 'offload_dots' the
+# same matmul outputs moved to host memory (TPU/GPU; jax.checkpoint_policies).
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "minimal", "offload_dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
-    remat_policy: str = "none"  # 'none', 'full' or 'minimal' (saves matmul outputs)
+    remat_policy: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = False
 
     def __post_init__(self) -> None:

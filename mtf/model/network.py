@@ -82,8 +82,13 @@ class DecoderLayer(nn.Module):
 
 
 def _remat_policy(name: str):
+    policies = jax.checkpoint_policies
     return {"full": None,
-            "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+            "dots": policies.dots_saveable,
+            "dots_with_no_batch_dims": policies.dots_with_no_batch_dims_saveable,
+            "minimal": policies.dots_with_no_batch_dims_saveable,
+            "offload_dots": policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+            }[name]
 
 
 def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x: Array, layer_kwargs: dict,

@@ -1,0 +1,366 @@
+"""`python -m mtf.plan --gin_file=gin/mt0_xxl.gin --topology=v4-256 [--gin.NAME=VALUE ...]`:
+will this run fit, and how fast can it be, before a pod is booked.
+
+Compiles the real train step (`train.step_program`: the same code, shardings, microbatches,
+loss chunks and remat as `python -m mtf.launch`) for a TPU slice with libtpu's compile-only
+client on any machine, nothing executed. Prints per device: parameters, optimizer state,
+batch, temporaries and the compiler's peak against the chip's HBM; XLA's FLOPs and HBM
+traffic next to mtf's analytic model FLOPs; a roofline step time and MFU ceiling; the
+sharding of the largest arrays; and advice when it does not fit (exit 1).
+
+Without libtpu (`pip install -e '.[tpu]'`), or for GPU slices (h100-8, a100-16), it compiles
+for simulated CPU devices and says so: memory is then the CPU compiler's, not the TPU's.
+
+Two traps, handled: XLA's cost analysis counts a loop body once (scanned layers, the
+microbatch loop, the loss chunks), so FLOPs and traffic come from loop-free compiles of
+one microbatch (layers unscanned, chunks unrolled) at 1-2 layers per stack, extended to the
+full depth and the microbatch count (`loop_free_cost`); and the compiler's temporaries can
+exceed HBM while the program fits, so fit is judged by its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mtf import hardware
+
+GIB = hardware.GIB
+
+
+def _environment(slice_: hardware.Slice) -> str:
+    """Sets up, before jax is imported, the devices to compile for; says which they are."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["JAX_PLATFORMS"] = "cpu"  # compile-only: never claim a local accelerator
+    if slice_.topology is not None:
+        try:
+            import libtpu  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # nothing runs on it
+            os.environ.setdefault("TPU_ACCELERATOR_TYPE", slice_.name)
+            return "libtpu"
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_force_host_platform_device_count={slice_.devices}").strip()
+    return "simulated"
+
+
+def _devices(slice_: hardware.Slice, how: str) -> list[Any]:
+    import jax
+
+    if how == "libtpu":
+        from jax.experimental import topologies
+
+        chip_config = "megacore" if slice_.chip.cores_per_chip_in_name == 2 else "default"
+        return list(topologies.get_topology_desc(
+            platform="tpu", topology_name=slice_.topology, chip_config_name=chip_config).devices)
+    devices = jax.devices("cpu")
+    if len(devices) != slice_.devices:
+        raise RuntimeError(f"expected {slice_.devices} simulated devices, got {len(devices)}: "
+                           "run mtf.plan in a fresh process (XLA_FLAGS is read at import)")
+    return devices
+
+
+def train_arguments() -> dict[str, Any]:
+    """`train.train`'s arguments as the parsed gin files bind them (defaults filled in)."""
+    import gin
+
+    from mtf import train
+
+    arguments = {name: p.default for name, p in inspect.signature(train.train).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+    arguments.update(gin.get_bindings(train.train))
+    return arguments
+
+
+def _bytes_per_device(tree: Any, shardings: Any) -> float:
+    import jax
+    import numpy as np
+
+    sizes = jax.tree.map(lambda a, s: float(np.prod(s.shard_shape(a.shape)))
+                         * np.dtype(a.dtype).itemsize, tree, shardings)
+    return float(sum(jax.tree.leaves(sizes)))
+
+
+def _largest_arrays(program, count: int = 6) -> list[dict[str, Any]]:
+    import jax
+    import numpy as np
+
+    rows = []
+    for part in ("params", "opt_state"):
+        leaves = jax.tree_util.tree_leaves_with_path(getattr(program.abstract_state, part))
+        for path, leaf in leaves:
+            nbytes = float(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+            shard = float(np.prod(leaf.sharding.shard_shape(leaf.shape))) * np.dtype(
+                leaf.dtype).itemsize
+            rows.append({"name": f"{part}/{jax.tree_util.keystr(path, simple=True, separator='/')}",
+                         "shape": list(leaf.shape), "spec": str(leaf.sharding.spec),
+                         "bytes": nbytes, "bytes_per_device": shard})
+    return sorted(rows, key=lambda r: -r["bytes"])[:count]
+
+
+def _out_of_memory(error: Exception) -> dict[str, Any] | None:
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+        return None
+    needed = re.search(r"required[^(]*\(([\d.]+)([KMGT])\)", text)
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    first = next((ln for ln in text.splitlines() if "memory" in ln.lower()), text[:300])
+    return {"needed_bytes": float(needed.group(1)) * units[needed.group(2)] if needed else None,
+            "message": first.strip()}
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return {"flops": float(analysis.get("flops", 0.0)),
+            "bytes": float(analysis.get("bytes accessed", 0.0))}
+
+
+def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, int],
+                       optimizer_only: bool) -> dict[str, float]:
+    """Cost of one microbatch's step (or the optimizer update alone) at a reduced depth,
+    compiled without loops: layers unscanned, loss chunks unrolled."""
+    import jax
+    import optax
+
+    from mtf import train
+
+    model = arguments["model_config"].replace(scan_layers=False, num_encoder_layers=depths[0],
+                                              num_decoder_layers=depths[1])
+    probe_arguments = dict(
+        arguments, model_config=model, num_microbatches=1,
+        batch_size=arguments["batch_size"] // arguments["num_microbatches"],
+        loss=dataclasses.replace(arguments["loss"], unroll_chunks=True))
+    probe, tx = train.step_program(mesh, **probe_arguments)
+    if not optimizer_only:
+        return _cost(probe.compile())
+    params, shardings = probe.abstract_state.params, probe.shardings
+    update = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]),
+                     in_shardings=(shardings.params, shardings.opt_state, shardings.params))
+    return _cost(update.lower(params, probe.abstract_state.opt_state, params).compile())
+
+
+def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
+    """Per-device FLOPs and HBM bytes of one step as if nothing were a loop.
+
+    XLA counts a loop body once, so the step is compiled without loops at depths (1, 1),
+    (2, 1) and (1, 2) encoder/decoder layers, and the cost extended linearly to the full
+    depth (every layer is the same program; `test_plan` checks the extension against a
+    full unscanned compile). k microbatches cost k one-microbatch steps less k - 1
+    optimizer updates (extended the same way).
+    """
+    model = arguments["model_config"]
+    depth = (model.num_encoder_layers, model.num_decoder_layers)
+
+    def extended(optimizer_only: bool) -> dict[str, float]:
+        base, enc, dec = (_depth_probe_costs(arguments, mesh, d, optimizer_only)
+                          for d in ((1, 1), (2, 1), (1, 2)))
+        return {key: base[key] + (depth[0] - 1) * (enc[key] - base[key])
+                + (depth[1] - 1) * (dec[key] - base[key]) for key in base}
+
+    step_cost = extended(False)
+    k = arguments["num_microbatches"]
+    if k == 1:
+        return step_cost
+    update_cost = extended(True)
+    return {key: k * step_cost[key] - (k - 1) * update_cost[key] for key in step_cost}
+
+
+def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: float,
+            hbm: float) -> list[str]:
+    model, loss = arguments["model_config"], arguments["loss"]
+    k, batch = arguments["num_microbatches"], arguments["batch_size"]
+    batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
+    tips = []
+    if state_bytes > 0.5 * hbm:
+        tips.append(f"parameters + optimizer state alone take {state_bytes / GIB:.1f} GiB per "
+                    "device: shard them over more devices (a larger fsdp or model axis in "
+                    "MESH_SHAPE) or use a larger slice")
+    if model.remat_policy in ("none", "dots"):
+        tips.append("recompute activations in the backward pass: "
+                    "--gin.REMAT_POLICY=dots_with_no_batch_dims (or 'full', the least memory)")
+    if loss.chunks == 1 and model.vocab_size >= 32768:
+        tips.append("project the vocabulary in pieces: --gin.LOSS_CHUNKS=8 (or more)")
+    if batch % (2 * k * batch_shards) == 0:
+        tips.append(f"split the batch: --gin.NUM_MICROBATCHES={2 * k} (same result, exact; "
+                    "each microbatch still spread over all data-parallel devices)")
+    if mesh_shape["model"] == 1 and model.emb_dim >= 2048:
+        tips.append("add tensor parallelism: e.g. --gin.MESH_SHAPE='(1, -1, 8)'")
+    return tips
+
+
+def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
+    """The report of the train step that the parsed gin configuration compiles to."""
+    import jax
+
+    from mtf import flops, partitioning, train
+    from mtf.data import batches
+
+    arguments = train_arguments()
+    devices = _devices(slice_, how)
+    mesh = partitioning.make_mesh(arguments["mesh_shape"], devices)
+    program, _ = train.step_program(mesh, **arguments)
+    model = arguments["model_config"]
+    lengths = batches.task_feature_lengths(arguments["data"].task_feature_lengths)
+    chip = slice_.chip
+    report: dict[str, Any] = {
+        "topology": slice_.name, "chip": chip.name, "devices": len(devices),
+        "compiled_by": ("the TPU compiler (libtpu, compile-only)" if how == "libtpu" else
+                        f"the CPU compiler on {len(devices)} simulated devices (not "
+                        f"{chip.name}'s: install the tpu extra for TPU memory figures)"),
+        "mesh": dict(mesh.shape), "batch": arguments["batch_size"],
+        "lengths": {k: lengths[k] for k in ("inputs", "targets")},
+        "microbatches": arguments["num_microbatches"], "remat": model.remat_policy,
+        "scan_layers": model.scan_layers, "loss_chunks": arguments["loss"].chunks,
+        "dtype": model.dtype, "hbm_bytes": chip.hbm_bytes,
+        "params_bytes": _bytes_per_device(program.abstract_state.params,
+                                          program.shardings.params),
+        "opt_state_bytes": _bytes_per_device(program.abstract_state.opt_state,
+                                             program.shardings.opt_state),
+        "batch_bytes": _bytes_per_device(program.abstract_batch,
+                                         {k: program.batch_sharding
+                                          for k in program.abstract_batch}),
+        "largest_arrays": _largest_arrays(program),
+    }
+    try:
+        compiled = program.compile()
+    except Exception as e:  # the compiler says RESOURCE_EXHAUSTED when it cannot fit
+        oom = _out_of_memory(e)
+        if oom is None:
+            raise
+        report.update(fits=False, peak_bytes=oom["needed_bytes"], compiler=oom["message"])
+    else:
+        mem = compiled.memory_analysis()
+        peak = getattr(mem, "peak_memory_in_bytes", 0) or (
+            mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes)
+        report.update(fits=peak <= chip.hbm_bytes, peak_bytes=float(peak),
+                      temp_bytes=float(mem.temp_size_in_bytes),
+                      argument_bytes=float(mem.argument_size_in_bytes),
+                      output_bytes=float(mem.output_size_in_bytes),
+                      alias_bytes=float(mem.alias_size_in_bytes))
+    if report["peak_bytes"]:
+        report["headroom"] = 1.0 - report["peak_bytes"] / chip.hbm_bytes
+    analytic = flops.model_flops_per_step(model, arguments["batch_size"], lengths["inputs"],
+                                          lengths["targets"]) / len(devices)
+    report["model_flops_per_device"] = analytic
+    if cost:
+        counted = loop_free_cost(arguments, mesh)
+        compute_s = counted["flops"] / chip.peak_bf16_flops
+        memory_s = counted["bytes"] / chip.hbm_bandwidth
+        step_s = max(compute_s, memory_s)
+        report.update(xla_flops_per_device=counted["flops"],
+                      xla_bytes_per_device=counted["bytes"], compute_s=compute_s,
+                      memory_s=memory_s, step_s=step_s,
+                      bound="memory" if memory_s > compute_s else "compute",
+                      mfu_ceiling=analytic / chip.peak_bf16_flops / step_s,
+                      cost_from="loop-free compiles of one microbatch at depths 1-2, "
+                                "extended to the full depth, x microbatches")
+    if not report["fits"]:
+        report["advice"] = _advice(arguments, report["mesh"],
+                                   report["params_bytes"] + report["opt_state_bytes"],
+                                   chip.hbm_bytes)
+    jax.clear_caches()
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    def gib(x: float | None) -> str:
+        return "?" if x is None else f"{x / GIB:.2f} GiB"
+
+    lines = [
+        f"plan: {r['topology']} ({r['devices']} x {r['chip']}), compiled by {r['compiled_by']}",
+        f"  mesh {r['mesh']}, batch {r['batch']} x {r['lengths']}, microbatches "
+        f"{r['microbatches']}, remat {r['remat']}, scan_layers {r['scan_layers']}, loss chunks "
+        f"{r['loss_chunks']}, activations {r['dtype']}",
+        "  per device:",
+        f"    parameters       {gib(r['params_bytes'])}",
+        f"    optimizer state  {gib(r['opt_state_bytes'])}",
+        f"    batch            {gib(r['batch_bytes'])}",
+    ]
+    if "temp_bytes" in r:
+        lines += [f"    temporaries      {gib(r['temp_bytes'])}",
+                  f"    outputs          {gib(r['output_bytes'])} "
+                  f"({gib(r['alias_bytes'])} of them reuse donated inputs)"]
+    verdict = "fits" if r["fits"] else "DOES NOT FIT"
+    spare = f", {100 * r['headroom']:.1f}% spare" if r.get("headroom") is not None else ""
+    lines.append(f"    peak             {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
+                 f"{verdict}{spare}")
+    if r.get("compiler"):
+        lines.append(f"    compiler: {r['compiler']}")
+    lines.append(f"  model FLOPs (analytic) {r['model_flops_per_device'] / 1e12:.2f} TFLOP "
+                 "per device per step")
+    if "xla_flops_per_device" in r:
+        lines += [
+            f"  XLA counted ({r['cost_from']}): {r['xla_flops_per_device'] / 1e12:.2f} TFLOP, "
+            f"{r['xla_bytes_per_device'] / 1e9:.1f} GB of HBM traffic per device",
+            f"  roofline: {r['compute_s']:.3f} s of arithmetic, {r['memory_s']:.3f} s of "
+            f"memory traffic -> {r['step_s']:.3f} s/step ({r['bound']}-bound), MFU ceiling "
+            f"{100 * r['mfu_ceiling']:.1f}%"]
+    lines.append("  largest arrays (global shape, sharding, per device):")
+    for a in r["largest_arrays"]:
+        lines.append(f"    {a['name']} {a['shape']} {a['spec']} {gib(a['bytes_per_device'])}")
+    for tip in r.get("advice", []):
+        lines.append(f"  advice: {tip}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtf.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[], required=True)
+    parser.add_argument("--topology", required=True,
+                        help="slice: v4-64, v4-256, v5e-16, v5p-128, v6e-64, h100-8, a100-16")
+    parser.add_argument("--no_cost", action="store_true",
+                        help="skip the loop-free compile behind the FLOPs/traffic figures")
+    parser.add_argument("--min_headroom", type=float, default=0.0,
+                        help="exit 1 unless this fraction of HBM is left (0.15: 15%%)")
+    parser.add_argument("--json", help="also write the report to this file")
+    from mtf.config import split_gin_flags
+
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    bindings, unknown = split_gin_flags(rest)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        slice_ = hardware.parse_slice(args.topology)
+    except ValueError as e:
+        parser.error(str(e))
+    how = _environment(slice_)
+    from mtf import config
+
+    try:
+        # nothing is written: a run directory is not needed to plan
+        config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-plan"] + bindings)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = plan(slice_, how, cost=not args.no_cost)
+    print(format_report(report), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if not report["fits"]:
+        return 1
+    if report.get("headroom", 0.0) < args.min_headroom:
+        print(f"error: {100 * report['headroom']:.1f}% of HBM spare, below --min_headroom "
+              f"{100 * args.min_headroom:.0f}%", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The train step as one compiled program: its batch schema, shardings and abstract inputs.
+
+Train, plan and bench build it here, so all three compile exactly the same step (same
+shardings, microbatches, loss and remat) whether it then runs or is only measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mtf import partitioning, state, step
+from mtf.model import T5Config
+
+PACKING_INPUTS = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                  "decoder_positions")
+STEP_INPUTS = step.MODEL_INPUTS + ("decoder_loss_weights",)
+
+
+def batch_features(pack: bool) -> tuple[str, ...]:
+    """The batch features the step takes: segment ids and positions only when packed."""
+    return tuple(k for k in STEP_INPUTS if pack or k not in PACKING_INPUTS)
+
+
+def abstract_batch(batch_size: int, lengths: Mapping[str, int], pack: bool,
+                   sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(
+        (batch_size, lengths["inputs"] if k.startswith("encoder") else lengths["targets"]),
+        jnp.int32, sharding=sharding) for k in batch_features(pack)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """The jitted train step and the abstract (shape, dtype, sharding) of its arguments."""
+
+    mesh: Mesh
+    jitted: Any
+    abstract_state: step.TrainState
+    shardings: step.TrainState
+    batch_sharding: NamedSharding
+    abstract_batch: dict[str, jax.ShapeDtypeStruct]
+    dropout: bool
+
+    def lower(self, rng: jax.Array | None = None) -> Any:
+        """Lowers for the abstract arguments (`rng`: the dropout key, or None)."""
+        if self.dropout and rng is None:
+            rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+                                       sharding=NamedSharding(self.mesh, PartitionSpec()))
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
+            return self.jitted.lower(self.abstract_state, self.abstract_batch,
+                                     rng if self.dropout else None)
+
+    def compile(self, rng: jax.Array | None = None) -> Any:
+        return self.lower(rng).compile()
+
+
+def train_program(model_config: T5Config, optimizer: optax.GradientTransformation,
+                  mesh: Mesh, batch_size: int, lengths: Mapping[str, int], pack: bool,
+                  loss: step.LossConfig, num_microbatches: int = 1,
+                  learning_rate: optax.Schedule | None = None) -> TrainProgram:
+    """The train step of these settings on `mesh`, ready to lower and compile."""
+    abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
+    batch_spec = partitioning.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step_fn = functools.partial(step.train_step, config=model_config, optimizer=optimizer,
+                                loss=loss, num_microbatches=num_microbatches,
+                                learning_rate=learning_rate)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_spec, replicated),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return TrainProgram(mesh, jitted, abstract_state, shardings, batch_spec,
+                        abstract_batch(batch_size, lengths, pack, batch_spec),
+                        model_config.dropout_rate > 0)

@@ -1,0 +1,121 @@
+"""`python -m mtf.plan`: the real train step compiled for TPU slices by libtpu (compile-only)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtf import hardware
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan(tmp_path, *args, python_prefix=None, timeout=1500):
+    out = tmp_path / "plan.json"
+    argv = ["--json", str(out), *args]
+    if python_prefix:  # run main() after some set-up code, in a fresh interpreter
+        cmd = [sys.executable, "-c", f"{python_prefix}; import sys; from mtf import plan; "
+               f"sys.exit(plan.main({argv!r}))"]
+    else:
+        cmd = [sys.executable, "-m", "mtf.plan", *argv]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    done = subprocess.run(cmd, cwd=REPO, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
+                          capture_output=True, text=True, timeout=timeout)
+    report = json.loads(out.read_text()) if out.exists() else None
+    return done, report
+
+
+def check_memory_figures(report):
+    """Per-device figures agree with the arrays' sizes / shards and with the compiler's."""
+    mesh = report["mesh"]
+    for array in report["largest_arrays"]:
+        axes = [a for a in array["spec"][2:-1].replace("'", "").replace(" ", "").split(",")
+                if a and a != "None"]
+        shards = int(np.prod([mesh[a] for a in axes])) if axes else 1
+        assert array["bytes_per_device"] == pytest.approx(array["bytes"] / shards, rel=1e-6)
+    state = report["params_bytes"] + report["opt_state_bytes"] + report["batch_bytes"]
+    if "argument_bytes" in report:  # the compiler's own count of the step's inputs
+        assert report["argument_bytes"] == pytest.approx(state, rel=0.02)
+
+
+def test_slice_names():
+    v4 = hardware.parse_slice("v4-64")
+    assert (v4.devices, v4.topology, v4.chip.hbm_bytes) == (32, "v4:2x4x4", 30.75 * 2 ** 30)
+    assert hardware.parse_slice("v4-256").topology == "v4:4x4x8"
+    assert hardware.parse_slice("v5litepod-16").topology == "v5e:4x4"
+    assert hardware.parse_slice("v5p-128").devices == 64
+    gpu = hardware.parse_slice("h100-8")
+    assert (gpu.devices, gpu.topology) == (8, None)
+    for bad in ("v4-63", "v9-8", "v4"):
+        with pytest.raises(ValueError, match="--topology"):
+            hardware.parse_slice(bad)
+    assert hardware.chip_of("TPU v5 lite").name == "TPU v5e"
+    assert hardware.chip_of("TPU v5").name == "TPU v5p"
+    assert hardware.chip_of("cpu") is None
+
+
+def test_gpu_slices_and_missing_libtpu_fall_back_to_simulated_devices(tmp_path):
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=h100-8",
+                        "--gin.MESH_SHAPE=(2, 2, 2)", "--gin.BATCH_SIZE=16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "simulated devices" in done.stdout and report["devices"] == 8
+    assert report["mesh"] == {"data": 2, "fsdp": 2, "model": 2} and report["fits"]
+    assert report["mfu_ceiling"] > 0 and report["xla_flops_per_device"] > 0
+    check_memory_figures(report)
+    # a TPU slice without libtpu installed: simulated CPU devices, and it says so
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=v4-8",
+                        "--no_cost", python_prefix="sys_modules = __import__('sys').modules; "
+                        "sys_modules['libtpu'] = None")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert report["devices"] == 4 and "simulated devices" in report["compiled_by"]
+    assert "install the tpu extra" in done.stdout
+
+
+@pytest.mark.slow
+def test_mt0_small_on_v4_8_does_not_fit_and_says_what_to_change(tmp_path):
+    """Batch 512 of 1024 + 1024 tokens on 4 chips: the TPU compiler refuses; exit 1 with
+    advice, not a traceback."""
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_small.gin", "--topology=v4-8",
+                        "--no_cost", "--gin.NUM_MICROBATCHES=1", "--gin.LOSS_CHUNKS=1")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert report["compiled_by"].startswith("the TPU compiler") and not report["fits"]
+    assert report["peak_bytes"] > report["hbm_bytes"]
+    assert "DOES NOT FIT" in done.stdout and "advice: " in done.stdout
+    assert any("NUM_MICROBATCHES" in tip for tip in report["advice"])
+    assert any("LOSS_CHUNKS" in tip for tip in report["advice"])
+    check_memory_figures(report)
+
+
+def test_loop_free_cost_extends_to_the_full_depth_exactly(tmp_path):
+    """FLOPs/traffic extended from depths 1-2 equal a full unscanned, unrolled compile."""
+    code = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import dataclasses
+from mtf import config, partitioning, plan, train
+config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(2, 2, 1)", "NUM_MICROBATCHES=2",
+                                    "LOSS_CHUNKS=2", "SCAN_LAYERS=True",
+                                    "model.T5Config.num_encoder_layers=3"])
+arguments = plan.train_arguments()
+mesh = partitioning.make_mesh(arguments["mesh_shape"])
+extended = plan.loop_free_cost(arguments, mesh)
+full = dict(arguments, model_config=arguments["model_config"].replace(scan_layers=False),
+            num_microbatches=1,
+            loss=dataclasses.replace(arguments["loss"], unroll_chunks=True))
+program, _ = train.step_program(mesh, **full)
+print(json.dumps({"extended": extended, "full": plan._cost(program.compile()),
+                  "scanned": plan._cost(train.step_program(mesh, **arguments)[0].compile())}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    costs = json.loads(done.stdout.strip().splitlines()[-1])
+    # the full compile here takes the whole batch at once: the same FLOPs as 2 microbatches
+    assert costs["extended"]["flops"] == pytest.approx(costs["full"]["flops"], rel=0.02)
+    # ... and a scanned, looping compile undercounts: the trap this guards against
+    assert costs["scanned"]["flops"] < 0.7 * costs["full"]["flops"]
