@@ -119,3 +119,20 @@ print(json.dumps({"extended": extended, "full": plan._cost(program.compile()),
     assert costs["extended"]["flops"] == pytest.approx(costs["full"]["flops"], rel=0.02)
     # ... and a scanned, looping compile undercounts: the trap this guards against
     assert costs["scanned"]["flops"] < 0.7 * costs["full"]["flops"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_file,topology", [
+    ("gin/mt0_small.gin", "v4-64"), ("gin/mt0_xxl.gin", "v4-256"),
+    ("gin/mt0_xxl_v4_64.gin", "v4-64")])
+def test_mt0_configs_fit_their_slices_with_15_percent_spare(tmp_path, gin_file, topology):
+    """The published batch (512) and lengths (1024/1024), the gin defaults, the TPU
+    compiler's peak: at least 15% of HBM left."""
+    done, report = plan(tmp_path, f"--gin_file={gin_file}", f"--topology={topology}",
+                        "--no_cost", "--min_headroom=0.15")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert report["compiled_by"].startswith("the TPU compiler")
+    assert report["fits"] and report["headroom"] >= 0.15
+    assert (report["batch"], report["lengths"]) == (512, {"inputs": 1024, "targets": 1024})
+    assert report["peak_bytes"] <= 0.85 * report["hbm_bytes"]
+    check_memory_figures(report)
