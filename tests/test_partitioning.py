@@ -49,3 +49,26 @@ def test_an_unannotated_parameter_is_caught():
     shapes = {"a": jax.ShapeDtypeStruct((4,), "float32"),
               "b": jax.ShapeDtypeStruct((4, 4), "float32")}
     assert partitioning.unannotated(specs, shapes) == ["['b']"]
+
+
+def test_microbatches_stay_spread_over_the_data_devices():
+    """Microbatch i takes rows i, i + k, ...: every data-parallel device already holds its
+    share of every microbatch, so the compiled step moves no batch rows between devices (a
+    contiguous split, rows [i B/k, (i + 1) B/k), would sit on 1/k of them and be shuffled)."""
+    code = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+from mtf import config, partitioning, plan, train
+config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(8, 1, 1)", "NUM_MICROBATCHES=4",
+                                    "BATCH_SIZE=32", "PACK=False"])
+arguments = plan.train_arguments()
+program, _ = train.step_program(partitioning.make_mesh(arguments["mesh_shape"]), **arguments)
+text = program.compile().as_text()
+print(text.count(" collective-permute("), text.count(" all-gather("))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=HERE.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    permutes, gathers = map(int, done.stdout.split()[-2:])
+    assert (permutes, gathers) == (0, 0)
