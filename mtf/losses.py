@@ -27,22 +27,27 @@ def token_cross_entropy(logits: Array, targets: Array, z_loss: float = 0.0,
     z-loss (z_loss * logsumexp(logits)^2) keeps the softmax normaliser near 1, which the
     mT0 recipe uses at 1e-4. With label smoothing the minimum loss is shifted to 0, as T5X.
     """
-    logits = logits.astype(jnp.float32)
+    _, loss, z = _log_normaliser_and_loss(logits.astype(jnp.float32), targets, z_loss,
+                                          label_smoothing)
+    return loss, z
+
+
+def _log_normaliser_and_loss(logits: Array, targets: Array, z_loss: float,
+                             label_smoothing: float) -> tuple[Array, Array, Array]:
+    """(logsumexp, per-token total loss, z part) of float32 logits: the one definition
+    that `token_cross_entropy` and the fused loss share."""
     vocab = logits.shape[-1]
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     if label_smoothing:
-        confidence = 1.0 - label_smoothing
-        low = label_smoothing / (vocab - 1)
+        confidence, low, entropy = _smoothing(vocab, label_smoothing)
         mean_logit = jnp.mean(logits, axis=-1)
         smoothed = confidence * target_logit + low * (vocab * mean_logit - target_logit)
-        entropy = -(confidence * jnp.log(confidence)
-                    + (vocab - 1) * low * jnp.log(low + 1e-20))
         loss = log_z - smoothed - entropy
     else:
         loss = log_z - target_logit
     z = z_loss * jnp.square(log_z)
-    return loss + z, z
+    return log_z, loss + z, z
 
 
 def _segment_token_counts(weights: Array, segment_ids: Array | None) -> Array:
@@ -128,18 +133,9 @@ def _chunk_loss(hidden: Array, targets: Array, kernel: Array, settings: ChunkedL
     if settings.scale != 1.0:
         logits = logits * settings.scale
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    vocab = logits.shape[-1]
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    confidence, low, entropy = _smoothing(vocab, settings.label_smoothing)
-    if settings.label_smoothing:
-        mean_logit = jnp.mean(logits, axis=-1)
-        smoothed = confidence * target_logit + low * (vocab * mean_logit - target_logit)
-        loss = log_z - smoothed - entropy
-    else:
-        loss = log_z - target_logit
-    z = settings.z_loss * jnp.square(log_z)
-    return logits, log_z, loss + z, z
+    log_z, loss, z = _log_normaliser_and_loss(logits, targets, settings.z_loss,
+                                              settings.label_smoothing)
+    return logits, log_z, loss, z
 
 
 def _split(x: Array, chunks: int) -> Array:
