@@ -83,13 +83,17 @@ def train_arguments() -> dict[str, Any]:
     return arguments
 
 
-def _bytes_per_device(tree: Any, shardings: Any) -> float:
-    import jax
+def _shard_bytes(leaf: Any, sharding: Any) -> float:
+    """Bytes of one device's shard of an array (global shape / its sharding)."""
     import numpy as np
 
-    sizes = jax.tree.map(lambda a, s: float(np.prod(s.shard_shape(a.shape)))
-                         * np.dtype(a.dtype).itemsize, tree, shardings)
-    return float(sum(jax.tree.leaves(sizes)))
+    return float(np.prod(sharding.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize
+
+
+def _bytes_per_device(tree: Any, shardings: Any) -> float:
+    import jax
+
+    return float(sum(jax.tree.leaves(jax.tree.map(_shard_bytes, tree, shardings))))
 
 
 def _largest_arrays(program, count: int = 6) -> list[dict[str, Any]]:
@@ -101,8 +105,7 @@ def _largest_arrays(program, count: int = 6) -> list[dict[str, Any]]:
         leaves = jax.tree_util.tree_leaves_with_path(getattr(program.abstract_state, part))
         for path, leaf in leaves:
             nbytes = float(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-            shard = float(np.prod(leaf.sharding.shard_shape(leaf.shape))) * np.dtype(
-                leaf.dtype).itemsize
+            shard = _shard_bytes(leaf, leaf.sharding)
             rows.append({"name": f"{part}/{jax.tree_util.keystr(path, simple=True, separator='/')}",
                          "shape": list(leaf.shape), "spec": str(leaf.sharding.spec),
                          "bytes": nbytes, "bytes_per_device": shard})
