@@ -1,5 +1,6 @@
 """Runs that survive faults: kill -9, SIGTERM, NaN loss, half-written checkpoints."""
 
+import re
 import signal
 
 import numpy as np
@@ -33,10 +34,14 @@ def test_kill_9_then_restart_sees_the_same_losses(uninterrupted, tmp_path):
     process.wait()
     result = run(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from step 1" in result.stdout  # 10 (or 5 if 10 was still being written)
+    # Step 10's checkpoint is saved asynchronously: on a loaded machine the kill can land
+    # before it is finalised, and then the run resumes from step 5 instead.
+    resumed_from = re.search(r"resumed from step (\d+)", result.stdout)
+    assert resumed_from and int(resumed_from[1]) in (5, 10), result.stdout[-2000:]
+    start_step = int(resumed_from[1]) + 1
     resumed = last_losses(tmp_path)
-    np.testing.assert_allclose([resumed[s] for s in range(11, 21)],
-                               [reference[s] for s in range(11, 21)], rtol=1e-6)
+    np.testing.assert_allclose([resumed[s] for s in range(start_step, 21)],
+                               [reference[s] for s in range(start_step, 21)], rtol=1e-6)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
