@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import traverse_util
 
+from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
+from mtf.errors import SettingError
 from mtf.model import T5Config, flat_shapes
 
 STORAGE_DTYPES = ("float32", "bfloat16")
@@ -51,9 +52,9 @@ class Checkpoints:
 
     def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
         if config.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"checkpoint dtype {config.dtype!r}: use one of {STORAGE_DTYPES}")
+            raise SettingError(f"checkpoint dtype {config.dtype!r}: use one of {STORAGE_DTYPES}")
         self.config = config
-        self.directory = epath.Path(model_dir) / "checkpoints"
+        self.directory = storage.path(model_dir) / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -107,14 +108,17 @@ class Checkpoints:
 
 
 def detect_format(path: str) -> str:
-    """'mtf' (config.json + params/), 't5x' (a `checkpoint` msgpack file or folder), 'hf'
-    (config.json + *.safetensors / pytorch_model.bin), or an error naming what is there."""
-    p = epath.Path(path)
+    """'mtf' (config.json + params/, or a run's checkpoints/<step>), 't5x' (a `checkpoint`
+    msgpack file or folder), 'hf' (config.json + *.safetensors / pytorch_model.bin), or an
+    error naming what is there."""
+    from mtf.convert.native import is_train_step
+
+    p = storage.path(path)
     if not p.exists():
         raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
     if p.is_file() or (p / "checkpoint").exists():  # T5X: a msgpack file, or a dir holding one
         return "t5x"
-    if (p / "config.json").exists() and (p / "params").exists():
+    if ((p / "config.json").exists() and (p / "params").exists()) or is_train_step(path):
         return "mtf"
     names = [q.name for q in p.iterdir()] if p.is_dir() else []
     if (p / "config.json").exists() and any(n.endswith((".safetensors", ".bin")) or

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import gin
 
+from mtf.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEARCH_PATHS = (REPO_ROOT / "gin", Path.cwd(), REPO_ROOT)
 _BINDING = re.compile(r"^\s*([A-Za-z_][\w./:]*)\s*=\s*(.*)$", re.S)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A gin file or binding that cannot be used; the message names it."""
 
 

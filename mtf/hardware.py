@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from mtf.errors import SettingError
+
 GIB = 1024 ** 3
 
 
@@ -62,19 +64,19 @@ def parse_slice(name: str) -> Slice:
     match = re.fullmatch(r"([a-z0-9]+?)-(\d+)", name.strip().lower())
     family = ALIASES.get(match.group(1), match.group(1)) if match else None
     if not match or family not in CHIPS:
-        raise ValueError(f"--topology={name!r}: use a slice name such as v4-64, v5e-16, "
-                         f"v5p-128, v6e-64, h100-8 or a100-16 (families: {sorted(CHIPS)})")
+        raise SettingError(f"--topology={name!r}: use a slice name such as v4-64, v5e-16, "
+                           f"v5p-128, v6e-64, h100-8 or a100-16 (families: {sorted(CHIPS)})")
     chip, count = CHIPS[family], int(match.group(2))
     devices, rest = divmod(count, chip.cores_per_chip_in_name)
     if rest or devices < 1:
-        raise ValueError(f"--topology={name!r}: {family} slices are named by TensorCores "
-                         f"(2 per chip), so the number must be even")
+        raise SettingError(f"--topology={name!r}: {family} slices are named by TensorCores "
+                           f"(2 per chip), so the number must be even")
     if chip.libtpu_name is None:
         return Slice(name, chip, devices, None)
     grid = GRIDS[chip.grid_dims].get(devices)
     if grid is None:
-        raise ValueError(f"--topology={name!r}: {devices} chips is not a {family} slice shape "
-                         f"known here; known chip counts: {sorted(GRIDS[chip.grid_dims])}")
+        raise SettingError(f"--topology={name!r}: {devices} chips is not a {family} slice shape "
+                           f"known here; known chip counts: {sorted(GRIDS[chip.grid_dims])}")
     return Slice(name, chip, devices, f"{chip.libtpu_name}:{'x'.join(map(str, grid))}")
 
 

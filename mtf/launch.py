@@ -81,11 +81,17 @@ def _register_xp3_from_gin() -> None:
         xp3.register(root)
 
 
+def _message(error: Exception) -> str:
+    """The error's own message, without the "In call to configurable" lines gin appends."""
+    return str(error).split("\n  In call to configurable")[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     init_distributed(args)
     from mtf import config, runs, train  # after the flags: importing jax/seqio is slow
+    from mtf.errors import UserError
 
     try:
         config.parse(args.gin_file, bindings)
@@ -98,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _register_xp3_from_gin()
         gin.get_configurable(runs.run)()
     except train.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # mtf's own: the message names the fix; anything else: traceback
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 1
     except Exception as e:
         import jax

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtf.errors import SettingError
+
 Array = jax.Array
 TOKENS = "NUM_REAL_TARGET_TOKENS"
 PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
@@ -73,8 +75,8 @@ def normalization_weights(weights: Array, mode: str | float,
         return share, jnp.sum(share)
     if isinstance(mode, int | float) and not isinstance(mode, bool) and mode > 0:
         return weights, jnp.zeros((), jnp.float32)
-    raise ValueError(f"LOSS_NORMALIZING_FACTOR={mode!r}: use {TOKENS!r}, {PER_SEQUENCE!r} or "
-                     "a positive number")
+    raise SettingError(f"LOSS_NORMALIZING_FACTOR={mode!r}: use {TOKENS!r}, {PER_SEQUENCE!r} or "
+                       "a positive number")
 
 
 def loss_terms(per_token: Array, weights: Array, mode: str | float,

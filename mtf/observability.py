@@ -2,7 +2,8 @@
 
 `MODEL_DIR/metrics.jsonl` holds one JSON object per logged step with `step`, `loss`,
 `learning_rate`, `tokens_per_second`, `loss/<language>`, `loss/task/<task>` and the rest.
-Only process 0 writes.
+Only process 0 writes. On gs:// both are written in a local mirror and uploaded at each
+log step (`storage.Mirror`: GCS objects cannot be appended to).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mtf import storage
 from mtf.data import languages, seqio_tasks
 
 
@@ -57,13 +59,14 @@ class MetricsWriter:
         self.tty = sys.stdout.isatty()
         if not enabled:
             return
-        os.makedirs(model_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.mirror = storage.Mirror(model_dir, resume=("metrics.jsonl",))
+        self.jsonl = open(os.path.join(self.mirror.local, "metrics.jsonl"), "a",
+                          encoding="utf-8")
         import tensorflow as tf
 
         self.tf = tf
         self.tensorboard = tf.summary.create_file_writer(
-            os.path.join(model_dir, "tensorboard", "train"))
+            os.path.join(self.mirror.local, "tensorboard", "train"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -76,6 +79,7 @@ class MetricsWriter:
                 if math.isfinite(value):
                     self.tf.summary.scalar(key, value)
         self.tensorboard.flush()
+        self.mirror.sync()
         self._print(step, scalars)
 
     def _print(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -96,3 +100,4 @@ class MetricsWriter:
         if self.enabled:
             self.jsonl.close()
             self.tensorboard.close()
+            self.mirror.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from mtf.errors import SettingError
+
 SCHEDULES = ("constant", "linear_warmup", "rsqrt", "cosine")
 OPTIMIZERS = ("adafactor", "adamw")
 
@@ -26,16 +28,16 @@ def make_schedule(kind: str = "constant", base_learning_rate: float = 1e-3,
                                      optax.constant_schedule(base_learning_rate)], [warmup])
     if kind == "rsqrt":
         if warmup_steps <= 0:
-            raise ValueError("rsqrt schedule needs warmup_steps > 0 (T5 used 10000)")
+            raise SettingError("rsqrt schedule needs warmup_steps > 0 (T5 used 10000)")
         return lambda step: base_learning_rate * jnp.sqrt(
             warmup_steps / jnp.maximum(step, warmup_steps))
     if kind == "cosine":
         if decay_steps <= warmup_steps:
-            raise ValueError(f"cosine schedule needs decay_steps ({decay_steps}) > "
-                             f"warmup_steps ({warmup_steps})")
+            raise SettingError(f"cosine schedule needs decay_steps ({decay_steps}) > "
+                               f"warmup_steps ({warmup_steps})")
         return optax.warmup_cosine_decay_schedule(0.0, base_learning_rate, warmup_steps,
                                                   decay_steps, end_learning_rate)
-    raise ValueError(f"learning-rate schedule {kind!r}: use one of {SCHEDULES}")
+    raise SettingError(f"learning-rate schedule {kind!r}: use one of {SCHEDULES}")
 
 
 def make_optimizer(name: str = "adafactor", schedule: optax.Schedule | None = None,
@@ -52,7 +54,7 @@ def make_optimizer(name: str = "adafactor", schedule: optax.Schedule | None = No
     elif name == "adamw":
         core = optax.adamw(learning_rate=schedule, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
-        raise ValueError(f"optimizer {name!r}: use one of {OPTIMIZERS}")
+        raise SettingError(f"optimizer {name!r}: use one of {OPTIMIZERS}")
     if grad_clip_norm:
         return optax.chain(optax.clip_by_global_norm(grad_clip_norm), core)
     return core

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mtf.errors import SettingError
+
 MESH_AXES = ("data", "fsdp", "model")
 
 # logical name -> mesh axes. Parameters shard `embed` over fsdp (FSDP/ZeRO-3) and the
@@ -37,17 +39,17 @@ def mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Resolves one -1 ("the rest") and checks the product equals the device count."""
     sizes = list(sizes)
     if len(sizes) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {sizes} must give a size for each of {MESH_AXES}")
+        raise SettingError(f"mesh shape {sizes} must give a size for each of {MESH_AXES}")
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+        raise SettingError(f"mesh shape {sizes}: at most one axis may be -1")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh shape {sizes} does not divide {num_devices} devices")
+            raise SettingError(f"mesh shape {sizes} does not divide {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
-        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes, strict=True))} uses "
-                         f"{int(np.prod(sizes))} devices, but there are {num_devices}")
+        raise SettingError(f"mesh shape {dict(zip(MESH_AXES, sizes, strict=True))} uses "
+                           f"{int(np.prod(sizes))} devices, but there are {num_devices}")
     return tuple(sizes)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gin
 
 from mtf import train
+from mtf.errors import SettingError
 
 MODES = ("train", "eval", "infer")
 
@@ -14,6 +15,6 @@ def run(mode: str = "train") -> train.TrainResult:
     if mode == "train":
         return gin.get_configurable(train.train)()
     if mode in MODES:
-        raise NotImplementedError(f"run mode {mode!r} is not available yet; it lands with the "
-                                  "evaluation/inference issue. Use runs.run.mode = 'train'")
-    raise ValueError(f"runs.run.mode={mode!r}: choose one of {MODES}")
+        raise SettingError(f"run mode {mode!r} is not available yet; it lands with the "
+                           "evaluation/inference issue. Use runs.run.mode = 'train'")
+    raise SettingError(f"runs.run.mode={mode!r}: choose one of {MODES}")

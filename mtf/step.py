@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from mtf import losses
+from mtf.errors import SettingError
 from mtf.model import T5Config, Transformer, output_projection
 
 Batch = dict[str, jax.Array]
@@ -40,8 +41,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunks, int) or self.chunks < 1:
-            raise ValueError(f"LOSS_CHUNKS={self.chunks!r} must be a positive integer (1: the "
-                             "whole target length at once)")
+            raise SettingError(f"LOSS_CHUNKS={self.chunks!r} must be a positive integer (1: the "
+                               "whole target length at once)")
 
 
 def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
@@ -77,8 +78,8 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
     else:
         size = next(iter(batch.values())).shape[0]
         if size % num_microbatches:
-            raise ValueError(f"batch size {size} is not divisible by "
-                             f"{num_microbatches} microbatches")
+            raise SettingError(f"batch size {size} is not divisible by "
+                               f"{num_microbatches} microbatches")
         # Microbatch i takes rows i, i + k, i + 2k, ...: every device holds a share of every
         # microbatch, so no microbatch sits on 1/k of the data-parallel devices (MaxText).
         micro = jax.tree.map(lambda x: jnp.swapaxes(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -23,12 +22,13 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from mtf import checkpoint, flops, observability, optim, partitioning, program, state, step
+from mtf import checkpoint, flops, observability, optim, partitioning, program, state, step, storage
 from mtf.data import batches
+from mtf.errors import SettingError, UserError
 from mtf.model import T5Config
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
 
@@ -163,9 +163,10 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     loss = loss or step.LossConfig()
     checkpoint_config = checkpoint_config or checkpoint.CheckpointConfig()
     if not model_dir:
-        raise ValueError("MODEL_DIR is empty; bind it, e.g. --gin.MODEL_DIR=/tmp/mt0_run")
+        raise SettingError("MODEL_DIR is empty; bind it, e.g. --gin.MODEL_DIR=/tmp/mt0_run")
     if train_steps <= 0:
-        raise ValueError(f"TRAIN_STEPS={train_steps} must be positive")
+        raise SettingError(f"TRAIN_STEPS={train_steps} must be positive")
+    storage.check_bucket(model_dir, "MODEL_DIR")
     chief = jax.process_index() == 0
     batches.provider(data)  # fail before any compiling if the mixture is not registered
     mesh = partitioning.make_mesh(mesh_shape)
@@ -193,8 +194,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     compiled = compiled_step.compile(rng)
     if chief:
         _print_memory(compiled)
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
+        storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
 
     peak = peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
     step_flops = flops.model_flops_per_step(model_config, batch_size, lengths["inputs"],

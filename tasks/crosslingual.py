@@ -18,6 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from mtf.data import crosslingual, languages, metrics, seqio_tasks, templates
+from mtf.errors import MissingFileError
 from tasks import vocabularies
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "crosslingual.yaml"
@@ -45,8 +46,8 @@ def register_flores(root: str) -> list[str]:
              if f.endswith(f".{split}")}
     english = next((c for c in files if languages.normalize(c) == "en"), None)
     if english is None:
-        raise FileNotFoundError(f"FLORES_DIR={root} has no English file (eng.{split} or "
-                                f"eng_Latn.{split})")
+        raise MissingFileError(f"FLORES_DIR={root} has no English file (eng.{split} or "
+                               f"eng_Latn.{split})")
     names = []
     for code, path in sorted(files.items()):
         lang = languages.normalize(code)
@@ -67,7 +68,7 @@ def register_xllama(root: str) -> list[str]:
     langs = sorted(f[:-len(".json")] for f in tf.io.gfile.listdir(alpaca_dir)
                    if f.endswith(".json"))
     if "en" not in langs:
-        raise FileNotFoundError(f"{alpaca_dir} needs en.json beside the target languages")
+        raise MissingFileError(f"{alpaca_dir} needs en.json beside the target languages")
     alpaca_prompt = template_set().subset(["alpaca"]).templates
     alpaca = {c: _register(f"xllama_alpaca_{c}", functools.partial(
         crosslingual.alpaca, os.path.join(alpaca_dir, f"{c}.json"), c), alpaca_prompt, 0.02)

@@ -30,6 +30,20 @@ def test_launch_names_the_bad_binding(tmp_path):
     assert result.returncode == 2 and "gin file 'gin/nope.gin' not found" in result.stderr
 
 
+def test_launch_prints_user_errors_alone_and_other_errors_with_their_traceback(tmp_path):
+    tiny = str(REPO / "gin" / "mt0_tiny.gin")
+    user = run("mtf.launch", f"--gin_file={tiny}", f"--gin.MODEL_DIR={tmp_path}",
+               "--gin.TRAIN_STEPS=0", cwd=tmp_path)
+    assert user.returncode == 1
+    assert user.stderr.strip().splitlines()[-1] == "error: TRAIN_STEPS=0 must be positive"
+    assert "Traceback" not in user.stderr
+    # Not one of mtf's errors (a bug, or here a setting gin cannot type-check): traceback.
+    other = run("mtf.launch", f"--gin_file={tiny}", f"--gin.MODEL_DIR={tmp_path}",
+                "--gin.LOG_PERIOD='ten'", cwd=tmp_path)
+    assert other.returncode == 1 and "Traceback (most recent call last)" in other.stderr
+    assert "TypeError" in other.stderr
+
+
 @pytest.mark.parametrize("size,emb,heads,layers,mlp", [
     ("small", 512, 6, 8, 1024), ("base", 768, 12, 12, 2048), ("large", 1024, 16, 24, 2816),
     ("xl", 2048, 32, 24, 5120), ("xxl", 4096, 64, 24, 10240)])

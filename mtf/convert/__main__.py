@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mtf.convert import (
-        CheckpointError,
         infer_config,
         load_hf,
         load_params,
@@ -38,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         save_hf,
         save_params,
     )
+    from mtf.errors import UserError
 
     try:
         if args.source_format == "hf":
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             save_hf(config, params, args.target)
         else:
             save_params(args.target, config, params)
-    except (CheckpointError, ValueError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.target_format} checkpoint to {args.target}")

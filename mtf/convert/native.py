@@ -1,12 +1,14 @@
 """mtf's own parameter checkpoints: an Orbax PyTree of params beside the model's config.json.
 
-Layout of a directory: `config.json` (T5Config) and `params/` (Orbax, float32).
+Layout of a directory: `config.json` (T5Config) and `params/` (Orbax, float32). A training
+run's step, `MODEL_DIR/checkpoints/<step>` (`state/`, `config/`), is read too: only its
+parameters are restored. Paths may be local or gs:// (`mtf.storage`).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -14,14 +16,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
 from mtf.model import T5Config, abstract_params, flat_shapes
 
 Params = dict[str, Any]
 
 
+def _path(path: str | os.PathLike) -> Any:
+    path = os.fspath(path)
+    return storage.path(path if storage.is_remote(path) else os.path.abspath(path))
+
+
+def is_train_step(path: str | os.PathLike) -> bool:
+    """True for a training run's `MODEL_DIR/checkpoints/<step>` directory."""
+    p = _path(path)
+    return (p / "state").exists() and (p / "config" / "metadata").exists()
+
+
 def save_params(path: str | os.PathLike, config: T5Config, params: Params) -> None:
-    path = Path(path).absolute()
+    path = _path(path)
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
         flat_shapes(config), "the parameters given to save_params")
@@ -33,10 +47,15 @@ def save_params(path: str | os.PathLike, config: T5Config, params: Params) -> No
 
 
 def load_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
-    path = Path(path).absolute()
+    """(config, float32 params) of a parameter directory or of a training run's step."""
+    if is_train_step(path):
+        return _load_train_step(_path(path))
+    path = _path(path)
     if not (path / "config.json").exists() or not (path / "params").exists():
         raise CheckpointError(f"{path} is not an mtf parameter directory (expected "
-                              "config.json and params/, as written by save_params)")
+                              "config.json and params/, as written by save_params) nor a "
+                              "training step (MODEL_DIR/checkpoints/<step> with state/ and "
+                              "config/)")
     config = T5Config.from_json((path / "config.json").read_text())
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32),
                           abstract_params(config))
@@ -47,3 +66,22 @@ def load_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
             raise CheckpointError(f"{path}/params does not restore into the model of its "
                                   f"config.json: {e}") from e
     return config, params
+
+
+def _load_train_step(path: Any) -> tuple[T5Config, Params]:
+    """The parameters alone (no optimizer state) of `MODEL_DIR/checkpoints/<step>`."""
+    config = T5Config.from_json(json.dumps(json.loads((path / "config" / "metadata")
+                                                      .read_text())))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), abstract_params(config))
+    restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray,
+                                                     dtype=np.float32), target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            state = checkpointer.restore(path / "state", args=ocp.args.PyTreeRestore(
+                item={"params": target}, restore_args={"params": restore},
+                partial_restore=True))
+        except Exception as e:
+            raise CheckpointError(f"{path}/state: cannot read the parameters of this training "
+                                  f"step ({type(e).__name__}: {e}); the step may be "
+                                  "incomplete or corrupt: try an earlier one") from e
+    return config, state["params"]

@@ -17,45 +17,11 @@ from typing import Any
 import numpy as np
 from flax import serialization, traverse_util
 
+from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
 from mtf.model import T5Config, flat_shapes, scan_params
 
 Params = dict[str, Any]
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _join(directory: str, name: str) -> str:
-    return posixpath.join(directory, name) if _is_remote(directory) else os.path.join(
-        directory, name)
-
-
-def _read_bytes(path: str) -> bytes:
-    if _is_remote(path):
-        import tensorflow as tf  # gfile reads gs:// (tensorflow comes with seqio)
-
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _exists(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _isdir(path: str) -> bool:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
 
 
 def resolve_spec(spec: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
@@ -72,8 +38,8 @@ def resolve_spec(spec: dict[str, Any], checkpoint_dir: str) -> dict[str, Any]:
     if kvstore.get("driver") == "gcs" and "bucket" in kvstore:
         return spec
     path = kvstore["path"]
-    if not (_is_remote(path) or os.path.isabs(path)):
-        path = _join(checkpoint_dir, path)
+    if not (storage.is_remote(path) or os.path.isabs(path)):
+        path = storage.join(checkpoint_dir, path)
     if path.startswith("gs://"):
         bucket, _, key = path[len("gs://"):].partition("/")
         spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": key}
@@ -135,12 +101,13 @@ def _attach_specs(node: Any, checkpoint_dir: str, name: str = "") -> Any:
 def read_t5x_tree(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's state tree; out-of-line arrays come back as `StoredArray`s."""
     path = os.fspath(path)
-    file = _join(path, "checkpoint") if _isdir(path) else path
-    if not _exists(file):
-        hint = " (a checkpoint_N directory holds a 'checkpoint' file)" if _isdir(path) else ""
+    folder = storage.isdir(path)
+    file = storage.join(path, "checkpoint") if folder else path
+    if not storage.exists(file):
+        hint = " (a checkpoint_N directory holds a 'checkpoint' file)" if folder else ""
         raise CheckpointError(f"no T5X checkpoint at {file}{hint}")
     try:
-        tree = serialization.msgpack_restore(_read_bytes(file))
+        tree = serialization.msgpack_restore(storage.read_bytes(file))
     except Exception as e:
         raise CheckpointError(f"{file}: not a readable T5X msgpack checkpoint ({e}); it may "
                               "be truncated or corrupt") from e
@@ -148,7 +115,7 @@ def read_t5x_tree(path: str | os.PathLike) -> dict[str, Any]:
         keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
         raise CheckpointError(f"{file}: not a T5X checkpoint (top level {keys}, expected "
                               "'optimizer' with 'target' and 'state')")
-    return _attach_specs(tree, posixpath.dirname(file) if _is_remote(file)
+    return _attach_specs(tree, posixpath.dirname(file) if storage.is_remote(file)
                          else os.path.dirname(os.path.abspath(file)))
 
 

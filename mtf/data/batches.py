@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from mtf.data import seekable, seqio_tasks
+from mtf.errors import SettingError
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 # task feature -> model feature; per-token ids packed beside the targets they describe.
@@ -69,7 +70,7 @@ def feature_converter(pack: bool) -> seqio.FeatureConverter:
 def task_feature_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
     for key in ("inputs", "targets"):
         if key not in lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS needs {key!r}; got {dict(lengths)}")
+            raise SettingError(f"TASK_FEATURE_LENGTHS needs {key!r}; got {dict(lengths)}")
     out = {"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])}
     out.update({name: out["targets"] for name in seqio_tasks.METADATA_FEATURES})
     return out
@@ -100,11 +101,16 @@ class DataConfig:
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
     """The configured task or mixture, or an error saying how to register it."""
     try:
-        return seqio.get_mixture_or_task(config.mixture_or_task_name)
+        found = seqio.get_mixture_or_task(config.mixture_or_task_name)
     except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r} is not "
-                         "registered; is `import tasks` in the gin file, and is XP3_DIR set "
-                         f"for xP3? ({e})") from None
+        raise SettingError(f"MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r} is not "
+                           "registered; is `import tasks` in the gin file, and is XP3_DIR set "
+                           f"for xP3? ({e})") from None
+    # Load the vocabularies here, eagerly: inside tf.data a missing one surfaces as a
+    # TensorFlow staging error instead of mtf's message naming MTF_VOCABULARY.
+    for feature in found.output_features.values():
+        _ = feature.vocabulary.vocab_size
+    return found
 
 
 def uses_seekable_stream(config: DataConfig) -> bool:
@@ -117,8 +123,8 @@ def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
     """This process's share of the global batches (batch_size is the global size), from
     batch `position` on."""
     if batch_size % process_count:
-        raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
-                         "processes; choose a multiple")
+        raise SettingError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
+                           "processes; choose a multiple")
     provider_ = provider(config)
     lengths = task_feature_lengths(config.task_feature_lengths)
     converter = feature_converter(config.pack)

@@ -10,6 +10,8 @@ import functools
 
 import babel
 
+from mtf.errors import UserError
+
 # xmtf's xp3capmixnewcodelong_train.txt: the language sampling weights BLOOMZ/mT0 used.
 XP3_WEIGHTS: dict[str, float] = {
     "en": 0.3924620202, "es": 0.0797519865, "pt": 0.0645613968, "code": 0.0592991658,
@@ -38,7 +40,7 @@ _EXTRA_NAMES = {"code": "Programming code", "tum": "Tumbuka", "fon": "Fon"}
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
-class LanguageError(ValueError):
+class LanguageError(UserError, ValueError):
     """A language code that is not a known ISO 639 / CLDR code."""
 
 

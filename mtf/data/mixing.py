@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import gin
 
 from mtf.data import languages
+from mtf.errors import SettingError
 
 STRATEGIES = ("xp3", "proportional", "temperature")
 SizeFn = Callable[[], int]
@@ -38,7 +39,7 @@ def temperature_rates(sizes: Mapping[str, int], temperature: float,
                       cap: int | None = None) -> dict[str, float]:
     """rate ~ size^(1/T): T=1 is proportional, large T tends to uniform."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise SettingError(f"temperature must be > 0, got {temperature}")
     capped = proportional_rates(sizes, cap)
     return {k: n ** (1.0 / temperature) for k, n in capped.items()}
 
@@ -47,8 +48,8 @@ def xp3_rates(langs: list[str]) -> dict[str, float]:
     """xmtf's weights for the languages present (renormalised by seqio when sampling)."""
     unknown = [c for c in langs if c not in languages.XP3_WEIGHTS]
     if unknown:
-        raise ValueError(f"languages {unknown} have no xP3 weight; use the 'proportional' or "
-                         "'temperature' strategy for them")
+        raise SettingError(f"languages {unknown} have no xP3 weight; use the 'proportional' or "
+                           "'temperature' strategy for them")
     return {c: languages.XP3_WEIGHTS[c] for c in langs}
 
 
@@ -67,7 +68,7 @@ def mixing_options(cap: int | None = 100_000, temperature: float = 2.0) -> tuple
 def rate_fn(strategy: str, language: str | None = None) -> Callable[[object], float]:
     """A seqio rate callable for one task under `strategy` (see STRATEGIES)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"mixing strategy {strategy!r}; choose one of {STRATEGIES}")
+        raise SettingError(f"mixing strategy {strategy!r}; choose one of {STRATEGIES}")
 
     def rate(task) -> float:
         cap, temperature = mixing_options()

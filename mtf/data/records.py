@@ -15,14 +15,15 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
-import tensorflow as tf
+from mtf import storage
+from mtf.errors import MissingFileError, UserError
 
 Record = dict[str, Any]
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record that cannot be used; the message names file, line and the fix."""
 
 
@@ -58,11 +59,11 @@ class SkipReport:
 SKIPPED = SkipReport()  # process-wide; `python -m mtf.tasks` and the train loop report it
 
 
-def open_text(path: str) -> io.BufferedReader:
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"data file {path} does not exist; check the data directory "
-                                "(a gin macro or environment variable names it)")
-    return tf.io.gfile.GFile(path, "rb")
+def open_text(path: str) -> IO[bytes]:
+    if not storage.exists(path):
+        raise MissingFileError(f"data file {path} does not exist; check the data directory "
+                               "(a gin macro or environment variable names it)")
+    return storage.open_read(path)
 
 
 def decode_utf8(raw: bytes, where: str) -> str:

@@ -19,6 +19,7 @@ import seqio
 import tensorflow as tf
 
 from mtf.data import seqio_tasks
+from mtf.errors import SettingError
 
 BLOCK = 1 << 16
 ONE_TO_ONE = (seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim,
@@ -34,7 +35,7 @@ def supported(provider: seqio.Task | seqio.Mixture) -> bool:
 def _cdf(rates: Sequence[float]) -> np.ndarray:
     rates = np.asarray(rates, np.float64)
     if (rates < 0).any() or rates.sum() <= 0:
-        raise ValueError(f"mixture rates must be non-negative with a positive sum: {rates}")
+        raise SettingError(f"mixture rates must be non-negative with a positive sum: {rates}")
     return np.cumsum(rates / rates.sum())
 
 

@@ -1,6 +1,6 @@
 """seqio glue: tasks over Python record streams, with splits and per-example metadata.
 
-Records come from generators (files read through tf.io.gfile, so local and gs:// paths
+Records come from generators (files read through `mtf.storage`, so local and gs:// paths
 work) rather than seqio's file sources so that every bad line is reported with its file
 and line number, which tf.data's readers cannot do.
 """
@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mtf.data import languages, templates
 from mtf.data import records as records_lib
+from mtf.errors import SettingError
 
 METADATA_FEATURES = ("targets_language", "targets_task")
 SPLITS = ("train", "validation")
@@ -28,8 +29,8 @@ def task_id(name: str) -> int:
     """A stable positive int32 for a task name (CRC-32); TASK_NAMES maps it back."""
     value = (zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF) or 1
     if TASK_NAMES.setdefault(value, name) != name:
-        raise ValueError(f"task names {name!r} and {TASK_NAMES[value]!r} share the id {value}; "
-                         "rename one")
+        raise SettingError(f"task names {name!r} and {TASK_NAMES[value]!r} share the id {value}; "
+                           "rename one")
     return value
 
 
@@ -126,8 +127,8 @@ def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
     """
 
     if in_memory and choices:
-        raise ValueError("rank-classification tasks stream (their answer lists are ragged); "
-                         "register them with in_memory=False")
+        raise SettingError("rank-classification tasks stream (their answer lists are ragged); "
+                           "register them with in_memory=False")
     signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
 
     def generate(split: str):

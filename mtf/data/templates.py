@@ -29,12 +29,13 @@ import jinja2.meta
 import yaml
 
 from mtf.data import languages
+from mtf.errors import MissingFileError, UserError
 
 SEPARATOR = "|||"
 PROMPT_LANGUAGES = ("english", "native", "both")
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A template that cannot render; the message names its id and the field."""
 
 
@@ -147,7 +148,7 @@ def load_templates(paths: str | Path | Iterable[str | Path]) -> TemplateSet:
     for path in paths:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"template file {path} does not exist")
+            raise MissingFileError(f"template file {path} does not exist")
         text = path.read_text(encoding="utf-8")
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -1,18 +1,17 @@
 """xP3-format trees: `{root}/{lang}/merged_{lang}.jsonl` (xP3) and per-dataset files (xP3x).
 
 Records are `{"inputs", "targets"}`; xP3x adds `language`, `dataset`, `template`, `split`,
-`config`. Roots may be local or gs:// (tf.io.gfile).
+`config`. Roots may be local or gs:// (`mtf.storage`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 
-import tensorflow as tf
-
+from mtf import storage
 from mtf.data import languages, records
+from mtf.errors import MissingFileError
 
 REQUIRED = ("inputs", "targets")
 OPTIONAL = ("language", "dataset", "template", "split", "config")
@@ -20,14 +19,13 @@ OPTIONAL = ("language", "dataset", "template", "split", "config")
 
 def language_dirs(root: str) -> dict[str, str]:
     """{language code: folder} for every language folder under `root` (code checked)."""
-    if not tf.io.gfile.isdir(root):
-        raise FileNotFoundError(f"XP3_DIR={root} is not a directory; point it at the folder "
-                                "that holds one sub-folder per language (en/, sw/, ...)")
+    if not storage.isdir(root):
+        raise MissingFileError(f"XP3_DIR={root} is not a directory; point it at the folder "
+                               "that holds one sub-folder per language (en/, sw/, ...)")
     out = {}
-    for entry in sorted(tf.io.gfile.listdir(root)):
-        name = entry.rstrip("/")
-        path = os.path.join(root, name)
-        if not tf.io.gfile.isdir(path):
+    for name in storage.listdir(root):
+        path = storage.join(root, name)
+        if not storage.isdir(path):
             continue
         try:
             languages.normalize(name)
@@ -36,19 +34,18 @@ def language_dirs(root: str) -> dict[str, str]:
                                           ) from None
         out[name] = path
     if not out:
-        raise FileNotFoundError(f"XP3_DIR={root} has no language folders")
+        raise MissingFileError(f"XP3_DIR={root} has no language folders")
     return out
 
 
 def language_files(folder: str, language: str) -> list[str]:
     """The merged file when present (xP3), else every jsonl file of the folder (xP3x)."""
-    merged = os.path.join(folder, f"merged_{language}.jsonl")
-    if tf.io.gfile.exists(merged):
+    merged = storage.join(folder, f"merged_{language}.jsonl")
+    if storage.exists(merged):
         return [merged]
-    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
-                   if f.endswith(".jsonl"))
+    files = [storage.join(folder, f) for f in storage.listdir(folder) if f.endswith(".jsonl")]
     if not files:
-        raise FileNotFoundError(f"{folder} holds no merged_{language}.jsonl and no .jsonl files")
+        raise MissingFileError(f"{folder} holds no merged_{language}.jsonl and no .jsonl files")
     return files
 
 
@@ -72,5 +69,5 @@ def read(files: list[str], skip_bad_records: bool = False,
 @functools.cache
 def count_lines(path: str) -> int:
     """Cheap size estimate for mixing rates: non-blank lines, without parsing JSON."""
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with storage.open_read(path) as f:
         return sum(1 for line in f if line.strip())

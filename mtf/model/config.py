@@ -8,6 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from mtf.errors import SettingError
+
 ACTIVATIONS = ("gelu", "relu", "linear")
 # What each layer keeps for the backward pass (the rest is recomputed): 'none' keeps all,
 # 'full' nothing but its input, 'dots' every matmul output, 'dots_with_no_batch_dims'
@@ -49,23 +51,23 @@ class T5Config:
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"T5Config.{name} must be a positive integer, got {value!r}")
+                raise SettingError(f"T5Config.{name} must be a positive integer, got {value!r}")
         bad = [a for a in self.mlp_activations if a not in ACTIVATIONS]
         if bad or not self.mlp_activations:
-            raise ValueError(
+            raise SettingError(
                 f"T5Config.mlp_activations={self.mlp_activations!r}: each must be one of "
                 f"{ACTIVATIONS} (mT5 uses ('gelu', 'linear'))")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(
+            raise SettingError(
                 f"T5Config.remat_policy={self.remat_policy!r}: use one of {REMAT_POLICIES}")
         try:
             jnp.dtype(self.dtype)
         except TypeError as e:
-            raise ValueError(
+            raise SettingError(
                 f"T5Config.dtype={self.dtype!r} is not a dtype; use 'float32' or 'bfloat16'"
             ) from e
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)")
+            raise SettingError(f"T5Config.dropout_rate={self.dropout_rate} must be in [0, 1)")
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -83,5 +85,5 @@ class T5Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ValueError(f"unknown T5Config fields {unknown}; known: {sorted(known)}")
+            raise SettingError(f"unknown T5Config fields {unknown}; known: {sorted(known)}")
         return cls(**fields)
