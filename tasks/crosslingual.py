@@ -15,8 +15,7 @@ import functools
 import os
 from pathlib import Path
 
-import tensorflow as tf
-
+from mtf import storage
 from mtf.data import crosslingual, languages, metrics, seqio_tasks, templates
 from mtf.errors import MissingFileError
 from tasks import vocabularies
@@ -42,16 +41,16 @@ def _register(name: str, records_fn, prompts, validation_fraction: float) -> str
 
 def register_flores(root: str) -> list[str]:
     split = os.path.basename(os.path.normpath(root))
-    files = {f.rsplit(".", 1)[0]: os.path.join(root, f) for f in tf.io.gfile.listdir(root)
+    files = {f.rsplit(".", 1)[0]: storage.join(root, f) for f in storage.listdir(root)
              if f.endswith(f".{split}")}
-    english = next((c for c in files if languages.normalize(c) == "en"), None)
+    english = next((c for c in files if languages.base_language(c) == "en"), None)
     if english is None:
         raise MissingFileError(f"FLORES_DIR={root} has no English file (eng.{split} or "
                                f"eng_Latn.{split})")
     names = []
     for code, path in sorted(files.items()):
         lang = languages.normalize(code)
-        if lang == "en":
+        if code == english:
             continue
         names.append(_register(f"flores_en_{lang}", functools.partial(
             crosslingual.parallel, files[english], path, "en", lang),
@@ -64,24 +63,24 @@ def register_flores(root: str) -> list[str]:
 
 
 def register_xllama(root: str) -> list[str]:
-    alpaca_dir = os.path.join(root, "alpaca")
-    langs = sorted(f[:-len(".json")] for f in tf.io.gfile.listdir(alpaca_dir)
+    alpaca_dir = storage.join(root, "alpaca")
+    langs = sorted(f[:-len(".json")] for f in storage.listdir(alpaca_dir)
                    if f.endswith(".json"))
     if "en" not in langs:
         raise MissingFileError(f"{alpaca_dir} needs en.json beside the target languages")
     alpaca_prompt = template_set().subset(["alpaca"]).templates
     alpaca = {c: _register(f"xllama_alpaca_{c}", functools.partial(
-        crosslingual.alpaca, os.path.join(alpaca_dir, f"{c}.json"), c), alpaca_prompt, 0.02)
+        crosslingual.alpaca, storage.join(alpaca_dir, f"{c}.json"), c), alpaca_prompt, 0.02)
         for c in langs}
     per_language = []
     for c in langs:
         if c == "en":
             continue
         parts = [alpaca["en"], alpaca[c]]
-        src = os.path.join(root, "parallel", f"en-{c}.en")
-        if tf.io.gfile.exists(src):
+        src = storage.join(root, "parallel", f"en-{c}.en")
+        if storage.exists(src):
             parts.append(_register(f"xllama_translation_{c}", functools.partial(
-                crosslingual.parallel, src, os.path.join(root, "parallel", f"en-{c}.{c}"),
+                crosslingual.parallel, src, storage.join(root, "parallel", f"en-{c}.{c}"),
                 "en", c), _translation_templates(), 0.02))
         seqio_tasks.register_mixture(f"xllama_{c}", [(n, 1.0) for n in parts])
         per_language += parts[1:]

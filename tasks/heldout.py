@@ -17,8 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import tensorflow as tf
-
+from mtf import storage
 from mtf.data import evalsets, seqio_tasks, templates
 from tasks import vocabularies
 
@@ -60,7 +59,7 @@ def register_all(env: dict[str, str] | None = None) -> list[str]:
     env = dict(os.environ if env is None else env)
     families: dict[str, list[str]] = {}
     if env.get("XNLI_DIR"):
-        path = os.path.join(env["XNLI_DIR"], "xnli.test.tsv")
+        path = storage.join(env["XNLI_DIR"], "xnli.test.tsv")
         families["xnli"] = [register_choice_task(
             f"xnli_{c}", functools.partial(evalsets.xnli, path, c), c, "xnli_", "both")
             for c in XNLI_LANGUAGES]
@@ -68,12 +67,12 @@ def register_all(env: dict[str, str] | None = None) -> list[str]:
         root = env["XCOPA_DIR"]
         families["xcopa"] = [register_choice_task(
             f"xcopa_{c}", functools.partial(evalsets.xcopa,
-                                            os.path.join(root, c, f"test.{c}.jsonl"), c),
+                                            storage.join(root, c, f"test.{c}.jsonl"), c),
             c, "xcopa_") for c in _subdirs(root)]
     if env.get("XSTORYCLOZE_DIR"):
         root = env["XSTORYCLOZE_DIR"]
         pattern = re.compile(r"spring2016\.val\.([a-z_]+)\.tsv\.split_20_80_eval\.tsv$")
-        found = {m.group(1): os.path.join(root, f) for f in sorted(tf.io.gfile.listdir(root))
+        found = {m.group(1): storage.join(root, f) for f in sorted(storage.listdir(root))
                  if (m := pattern.match(f))}
         families["xstorycloze"] = [register_choice_task(
             f"xstorycloze_{c}", functools.partial(evalsets.xstorycloze, p, c), c,
@@ -82,7 +81,7 @@ def register_all(env: dict[str, str] | None = None) -> list[str]:
         root = env["XWINOGRAD_DIR"]
         families["xwinograd"] = [register_choice_task(
             f"xwinograd_{c}", functools.partial(evalsets.xwinograd,
-                                                os.path.join(root, c, "test.jsonl"), c),
+                                                storage.join(root, c, "test.jsonl"), c),
             c, "xwinograd_") for c in _subdirs(root)]
     for family, names in families.items():
         seqio_tasks.register_mixture(family, [(n, 1.0) for n in names])
@@ -90,8 +89,7 @@ def register_all(env: dict[str, str] | None = None) -> list[str]:
 
 
 def _subdirs(root: str) -> list[str]:
-    return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
-                  if tf.io.gfile.isdir(os.path.join(root, d.rstrip("/"))))
+    return [d for d in storage.listdir(root) if storage.isdir(storage.join(root, d))]
 
 
 register_all()

@@ -42,9 +42,14 @@ def register(root: str, vocabulary_path: str | None = None,
                 register_files(f"xp3_{lang}_{stem}", [path], lang)
     for mixture, strategy in MIXTURES.items():
         known = {n: lang for n, lang in names.items()
-                 if strategy != "xp3" or lang in languages.XP3_WEIGHTS}
-        seqio_tasks.register_mixture(
-            mixture, [(n, mixing.rate_fn(strategy, lang)) for n, lang in known.items()])
+                 if strategy != "xp3" or mixing.has_xp3_weight(lang)}
+
+        def same_base(lang: str, known=known) -> list[str]:
+            base = languages.base_language(lang)
+            return [o for o in known.values() if o != lang and languages.base_language(o) == base]
+
+        seqio_tasks.register_mixture(mixture, [(n, mixing.rate_fn(strategy, lang, same_base(lang)))
+                                               for n, lang in known.items()])
     return sorted(names)
 
 

@@ -65,7 +65,8 @@ def test_split_is_deterministic_disjoint_and_complete(registered):
 def test_xp3x_records_own_split_and_language(registered):
     assert "xp3_yo_xp3x_wiki" not in seqio.TaskRegistry.names()  # one file: no per-file task
     val = texts("xp3_yo", "validation")
-    assert len(val) == 10 and {lang for *_, lang in val} == {"yo"}
+    # The record's own FLORES-200 code wins over the folder's.
+    assert len(val) == 10 and {lang for *_, lang in val} == {"yor_Latn"}
     assert len(texts("xp3_yo", "train")) == 30
 
 
@@ -108,9 +109,13 @@ def test_mixing_options_are_gin_configurable(registered):
 
 
 def test_language_ids_round_trip():
-    for code in ("en", "sw", "nso", "code", "yo"):
+    for code in ("en", "sw", "nso", "code", "yo", "yor_Latn", "ace_Arab", "zho_Hant"):
         assert languages.language_from_id(languages.language_id(code)) == code
-    assert languages.language_id("yor_Latn") == languages.language_id("yo")
+        assert 0 < languages.language_id(code) < 2 ** 31
+    # Two scripts of one language are two languages; a region is dropped.
+    assert languages.language_id("zho_Hans") != languages.language_id("zho_Hant")
+    assert languages.language_id("pt_BR") == languages.language_id("pt")
+    assert languages.base_language("zho_Hant") == "zh"
     with pytest.raises(languages.LanguageError, match="unknown language code 'xx'"):
         languages.language_id("xx")
 
@@ -122,7 +127,7 @@ def test_language_and_task_ids_survive_packing(registered):
     batch = next(batches.batches(config, batch_size=16))
     seg, lang, task = (batch["decoder_segment_ids"], batch["decoder_language"],
                        batch["decoder_task"])
-    ids = {languages.language_id(c): c for c in ("en", "sw", "yo")}
+    ids = {languages.language_id(c): c for c in ("en", "sw", "yor_Latn")}
     task_ids = {seqio_tasks.task_id(n): n for n in registered}
     assert seg.max() > 1, "rows should pack several examples"
     seen_langs = set()
@@ -131,7 +136,7 @@ def test_language_and_task_ids_survive_packing(registered):
             where = seg[row] == s
             assert len(set(lang[row][where])) == 1 and len(set(task[row][where])) == 1
             code = ids[int(lang[row][where][0])]
-            assert task_ids[int(task[row][where][0])] == f"xp3_{code}"
+            assert task_ids[int(task[row][where][0])] == f"xp3_{code.split('_')[0][:2]}"
             seen_langs.add(code)
     assert np.all(lang[seg == 0] == 0) and np.all(task[seg == 0] == 0)
     assert len(seen_langs) >= 2
@@ -147,7 +152,8 @@ def test_xp3x_folder_gets_a_task_per_dataset_file(tmp_path):
     assert {"xp3_ig_wiki", "xp3_ig_news"} <= set(seqio.TaskRegistry.names())
     assert mixing.size("xp3_ig") == 60 and mixing.size("xp3_ig_news") == 30
     news = texts("xp3_ig_news", "train") + texts("xp3_ig_news", "validation")
-    assert len(news) == 30 and all(i.startswith("news") and lang == "ig" for i, _, lang in news)
+    assert len(news) == 30 and all(i.startswith("news") and lang == "ibo_Latn"
+                                   for i, _, lang in news)
 
 
 def test_xp3_dir_as_a_gin_macro(xp3_tree):
@@ -165,3 +171,54 @@ def test_xp3_dir_as_a_gin_macro(xp3_tree):
         gin.clear_config()
     assert {"xp3_en", "xp3_sw", "xp3_yo"} <= set(seqio.TaskRegistry.names())
     assert "xp3" in seqio.MixtureRegistry.names()
+
+
+# Real xP3x folder names: FLORES-200 codes CLDR has no data for (acm, taq), one language in
+# two scripts (ace, zho), and the plain English one.
+XP3X_FOLDERS = ("acm_Arab", "ace_Arab", "ace_Latn", "eng_Latn", "taq_Tfng", "zho_Hans",
+                "zho_Hant")
+
+
+def xp3x_tree(root, n=40):
+    for code in XP3X_FOLDERS:
+        write_jsonl(root / code / "xp3x_flores.jsonl",
+                    [{"inputs": f"{code} sentence {i}: translate", "targets": f"{code} {i}",
+                      "language": code, "dataset": "flores", "template": "t",
+                      "split": "train"} for i in range(n)])
+    (root / "__scripts__").mkdir()  # a stray folder: skipped with a warning
+    (root / "__scripts__" / "build.jsonl").write_text("not a record\n")
+    (root / "README.md").write_text("stray file\n")
+    return root
+
+
+def test_xp3x_folder_names_register_with_their_scripts(tmp_path, caplog):
+    root = xp3x_tree(tmp_path / "xp3x")
+    with caplog.at_level("WARNING"):
+        names = xp3.register(str(root), vocabulary_path=str(mini_xp3.VOCABULARY_PATH))
+    assert names == sorted(f"xp3_{c}" for c in XP3X_FOLDERS)
+    assert "__scripts__" in caplog.text and "not a language code" in caplog.text
+    assert {lang for *_, lang in texts("xp3_zho_Hant", "train")} == {"zho_Hant"}
+    assert languages.english_name("acm_Arab") == "Mesopotamian Arabic (Arabic)"
+    assert languages.english_name("taq_Tfng") == "Tamasheq (Tifinagh)"
+    # xmtf's weights by base language: the two Chinese scripts share zh's; acm, taq, ace
+    # have none (left out of `xp3`, in the proportional and temperature mixtures).
+    mixture = seqio.get_mixture_or_task("xp3")
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    assert rates == pytest.approx({"xp3_eng_Latn": languages.XP3_WEIGHTS["en"],
+                                   "xp3_zho_Hans": languages.XP3_WEIGHTS["zh"] / 2,
+                                   "xp3_zho_Hant": languages.XP3_WEIGHTS["zh"] / 2})
+    proportional = seqio.get_mixture_or_task("xp3_proportional")
+    assert {t.name for t in proportional.tasks} == set(names)
+
+
+@pytest.mark.slow
+def test_xp3x_tree_trains_and_reports_loss_per_code(tmp_path):
+    from tests.train_helpers import metrics, run
+
+    root = xp3x_tree(tmp_path / "xp3x", n=60)
+    result = run(tmp_path / "run", MIXTURE_OR_TASK_NAME="'xp3_proportional'",
+                 XP3_DIR=f"'{root}'", TRAIN_STEPS="4", CHECKPOINT_PERIOD="100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reported = {k.removeprefix("loss/") for m in metrics(tmp_path / "run") for k in m
+                if k.startswith("loss/") and not k.startswith("loss/task/")}
+    assert reported == set(XP3X_FOLDERS)

@@ -6,8 +6,9 @@ sizes are counted lazily (counting a large xP3 tree at import would be slow).
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import gin
 
@@ -44,13 +45,22 @@ def temperature_rates(sizes: Mapping[str, int], temperature: float,
     return {k: n ** (1.0 / temperature) for k, n in capped.items()}
 
 
+def has_xp3_weight(code: str) -> bool:
+    return languages.base_language(code) in languages.XP3_WEIGHTS
+
+
 def xp3_rates(langs: list[str]) -> dict[str, float]:
-    """xmtf's weights for the languages present (renormalised by seqio when sampling)."""
-    unknown = [c for c in langs if c not in languages.XP3_WEIGHTS]
+    """xmtf's weights for the languages present (renormalised by seqio when sampling).
+
+    Codes are matched by base language ('swh_Latn' has no weight, 'zho_Hant' has zh's);
+    codes sharing a base language (two scripts of one language) share its weight."""
+    unknown = [c for c in langs if not has_xp3_weight(c)]
     if unknown:
         raise SettingError(f"languages {unknown} have no xP3 weight; use the 'proportional' or "
                            "'temperature' strategy for them")
-    return {c: languages.XP3_WEIGHTS[c] for c in langs}
+    bases = collections.Counter(languages.base_language(c) for c in langs)
+    return {c: languages.XP3_WEIGHTS[languages.base_language(c)]
+            / bases[languages.base_language(c)] for c in langs}
 
 
 def normalized(rates: Mapping[str, float]) -> dict[str, float]:
@@ -65,15 +75,17 @@ def mixing_options(cap: int | None = 100_000, temperature: float = 2.0) -> tuple
     return cap, temperature
 
 
-def rate_fn(strategy: str, language: str | None = None) -> Callable[[object], float]:
-    """A seqio rate callable for one task under `strategy` (see STRATEGIES)."""
+def rate_fn(strategy: str, language: str | None = None,
+            same_base: Sequence[str] = ()) -> Callable[[object], float]:
+    """A seqio rate callable for one task under `strategy` (see STRATEGIES); `same_base`:
+    the other languages of the mixture that share `language`'s xP3 weight."""
     if strategy not in STRATEGIES:
         raise SettingError(f"mixing strategy {strategy!r}; choose one of {STRATEGIES}")
 
     def rate(task) -> float:
         cap, temperature = mixing_options()
         if strategy == "xp3":
-            return xp3_rates([language])[language]
+            return xp3_rates([language, *same_base])[language]
         n = size(task.name)
         if strategy == "proportional":
             return proportional_rates({task.name: n}, cap)[task.name]

@@ -126,7 +126,7 @@ class TemplateSet:
         """
         if prompts not in PROMPT_LANGUAGES:
             raise TemplateError(f"prompts={prompts!r}; choose one of {PROMPT_LANGUAGES}")
-        lang = languages.normalize(data_language)
+        lang = languages.base_language(data_language)  # 'fra_Latn' data, 'fr' translations
         native = [self.translations.get(t.id, {}).get(lang) for t in self.templates]
         native = [t for t in native if t is not None]
         if prompts == "english" or lang == "en":

@@ -7,6 +7,7 @@ Records are `{"inputs", "targets"}`; xP3x adds `language`, `dataset`, `template`
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 
 from mtf import storage
@@ -30,8 +31,8 @@ def language_dirs(root: str) -> dict[str, str]:
         try:
             languages.normalize(name)
         except languages.LanguageError as e:
-            raise languages.LanguageError(f"{path}: folder name is not a language code: {e}"
-                                          ) from None
+            logging.warning("skipping %s: the folder name is not a language code (%s)", path, e)
+            continue
         out[name] = path
     if not out:
         raise MissingFileError(f"XP3_DIR={root} has no language folders")
