@@ -222,3 +222,27 @@ def test_xp3x_tree_trains_and_reports_loss_per_code(tmp_path):
     reported = {k.removeprefix("loss/") for m in metrics(tmp_path / "run") for k in m
                 if k.startswith("loss/") and not k.startswith("loss/task/")}
     assert reported == set(XP3X_FOLDERS)
+
+
+# The language part of every xP3x folder name (the dataset card's language list).
+XP3X_LANGUAGES = """ace acm acq aeb afr ain ajp aka als amh apc arb arq ars ary arz asm ast avk
+awa ayr azb aze azj bak bam ban bel bem ben ber bho bjn bod bos bre bua bug bul cat cbk ceb ces
+cha chm chv cjk ckb code cor crh cym dan deu dik dsb dtp dyu dzo egl ell eng epo est eus ewe fao
+fij fin fkv fon fra frr fry fur fuv gaz gcf gla gle glg gos got grc grn gsw guj hat hau hbs heb
+hin hne hoc hrv hrx hsb hun hye ibo ido ile ilo ina ind isl ita jav jbo jpn kab kac kam kan kas
+kat kaz kbp kea kha khk khm kik kin kir kmb kmr knc kon kor kur kzj lad lao lat lfn lij lim lin
+lit lmo ltg ltz lua lug luo lus lvs mag mai mal mar min mkd mlt mni mos mri mya nds nld nno nob
+nor nov npi nso nst nus nya oci orv ory ota pag pam pan pap pbt pcd pcm pes plt pms pol por prg
+prs que quy rom ron run rus sag sah san sat scn shn sin slk slv smo sna snd som sot spa sqi srd
+srp ssw sun swa swe swg swh szl tam taq tat tel tgk tgl tha tir tpi tsn tso tuk tum tur twi tzm
+uig ukr umb urd uzb uzn vec vie war wol wuu xal xho ydd yid yor yue zho zsm zul""".split()
+
+
+def test_every_xp3x_language_has_a_name_and_script():
+    for code in XP3X_LANGUAGES:
+        name = languages.english_name(code)
+        assert name and name != code, code
+        script = languages.script_of(code)
+        folder = f"{code}_{script}"
+        assert languages.normalize(folder) == folder
+        assert languages.language_from_id(languages.language_id(folder)) == folder
