@@ -29,6 +29,10 @@ from mtf.model import T5Config, flat_shapes
 STORAGE_DTYPES = ("float32", "bfloat16")
 
 
+class UnreadableCheckpointError(CheckpointError):
+    """A saved step whose files cannot be read (damaged); an earlier step may be intact."""
+
+
 @gin.configurable(module="mtf.checkpoint")
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -90,6 +94,34 @@ class Checkpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def set_aside(self, step: int) -> str:
+        """Moves a damaged step out of the way (kept, never deleted) so that saving that
+        step again and the next restart do not meet it; returns where it went."""
+        target = self.directory.parent / "damaged_checkpoints" / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"mtf set aside step {step}")
+        self.manager.reload()
+        return str(target)
+
+    def _shapes_match(self, step: int, abstract_state: Any) -> bool:
+        """Whether the step's saved array shapes are those of `abstract_state` (True when
+        its metadata cannot be read either: then the step is damaged, not mismatched)."""
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                meta = reader.metadata(self.directory / str(step) / "state")
+        except Exception:
+            return True
+        tree = getattr(meta, "item_metadata", meta)
+        saved = sorted(tuple(m.shape) for m in jax.tree.leaves(getattr(tree, "tree", tree))
+                       if hasattr(m, "shape"))
+        wanted = sorted(tuple(a.shape) for a in jax.tree.leaves(abstract_state))
+        return saved == wanted
+
     def restore(self, step: int, abstract_state: Any, shardings: Any
                 ) -> tuple[Any, dict[str, Any], T5Config]:
         """(state placed on `shardings`, data position, saved config). Reshards as needed."""
@@ -99,10 +131,16 @@ class Checkpoints:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                 config=ocp.args.JsonRestore()))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} does not fit this run's model or "
-                f"optimizer: {e}. Use a fresh MODEL_DIR, or the matching model gin file") from e
+        except Exception as e:
+            if not self._shapes_match(step, abstract_state):
+                raise CheckpointError(
+                    f"checkpoint {self.directory / str(step)} does not fit this run's model or "
+                    f"optimizer: {e}. Use a fresh MODEL_DIR, or the matching model gin file"
+                ) from e
+            reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300]
+            raise UnreadableCheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: "
+                f"{reason}); a file of it is damaged or missing") from e
         saved = T5Config.from_json(json.dumps(dict(restored["config"])))
         return restored["state"], dict(restored["data"]), saved
 

@@ -111,9 +111,25 @@ def _print_memory(compiled: Any) -> None:
 
 def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
                      data: batches.DataConfig, abstract, shardings):
-    latest = ckpts.latest_step()
+    latest, restored, damaged = None, None, []
+    for candidate in sorted(ckpts.all_steps(), reverse=True):
+        try:
+            restored, position, saved = ckpts.restore(candidate, abstract, shardings)
+        except checkpoint.UnreadableCheckpointError as e:
+            damaged.append(str(e))
+            moved = ckpts.set_aside(candidate)
+            if jax.process_index() == 0:
+                print(f"warning: {e}; moved it to {moved} and trying the checkpoint before it",
+                      flush=True)
+            continue
+        latest = candidate
+        break
+    if damaged and latest is None:
+        raise checkpoint.UnreadableCheckpointError(
+            f"no checkpoint in {ckpts.directory} can be read: {'; '.join(damaged)}. They were "
+            "moved to damaged_checkpoints/ beside it; rerun to start from "
+            "INITIAL_CHECKPOINT_PATH (or random initialisation)")
     if latest is not None:
-        restored, position, saved = ckpts.restore(latest, abstract, shardings)
         if saved.replace(dropout_rate=0.0, dtype="float32") != model_config.replace(
                 dropout_rate=0.0, dtype="float32"):
             logging.warning("the checkpoint's model config differs from the gin config in "

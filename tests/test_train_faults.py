@@ -99,3 +99,26 @@ def test_unpacked_run_resumes_by_seeking_with_the_same_losses(tmp_path):
     reference, resumed = last_losses(reference_dir), last_losses(resumed_dir)
     np.testing.assert_allclose([resumed[s] for s in range(7, 13)],
                                [reference[s] for s in range(7, 13)], rtol=1e-6)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(uninterrupted, tmp_path):
+    import shutil
+
+    source, reference = uninterrupted
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    # One flipped bit in the largest array file of step 20 (what a bad disk or copy leaves).
+    files = [p for p in (tmp_path / "checkpoints" / "20" / "state").rglob("*")
+             if p.is_file() and "/d/" in str(p)]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[10] ^= 0x04
+    largest.write_bytes(bytes(data))
+    result = run(tmp_path, TRAIN_STEPS="20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint {tmp_path / 'checkpoints' / '20'} cannot be read" in result.stdout
+    assert "resumed from step 15" in result.stdout
+    assert (tmp_path / "damaged_checkpoints" / "20" / "state").is_dir()  # kept, not deleted
+    resumed = last_losses(tmp_path)
+    np.testing.assert_allclose([resumed[s] for s in range(16, 21)],
+                               [reference[s] for s in range(16, 21)], rtol=1e-6)
+    assert steps(tmp_path)[-1] == 20  # saved again, readable
