@@ -9,9 +9,12 @@ Restoring into shardings of another mesh (or host count) reshards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import shutil
 from typing import Any
 
 import gin
@@ -36,10 +39,13 @@ class UnreadableCheckpointError(CheckpointError):
 @gin.configurable(module="mtf.checkpoint")
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """period: save every N steps (and at the end, and on SIGTERM); keep: newest N kept;
-    dtype: storage dtype of the parameters (optimizer state stays float32)."""
+    """period: save every N steps (and at the end, and on SIGTERM); minutes: also save when
+    this many minutes passed since the last save (a hard crash loses minutes, not hours);
+    keep: newest N kept; dtype: storage dtype of the parameters (optimizer state stays
+    float32)."""
 
     period: int = 1000
+    minutes: float | None = None
     keep: int | None = 3
     dtype: str = "float32"
     async_save: bool = True
@@ -80,19 +86,65 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, data_position: dict[str, Any],
              model_config: T5Config) -> None:
-        if step in self.manager.all_steps():
-            return
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_cast_params(state, self.config.dtype)),
-            data=ocp.args.JsonSave(data_position),
-            config=ocp.args.JsonSave(json.loads(model_config.to_json()))), force=True)
+        with self._disk_errors(step):
+            if step in self.manager.all_steps():
+                return
+            stored = _cast_params(state, self.config.dtype)
+            self.state_bytes = sum(x.nbytes for x in jax.tree.leaves(stored))
+            self._check_free_space(step)
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(stored),
+                data=ocp.args.JsonSave(data_position),
+                config=ocp.args.JsonSave(json.loads(model_config.to_json()))), force=True)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_errors(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_errors(None):
+            self.manager.wait_until_finished()
         self.manager.close()
+
+    state_bytes = 0
+
+    def _free_bytes(self) -> int | None:
+        if storage.is_remote(str(self.directory)):
+            return None
+        return shutil.disk_usage(str(self.directory)).free
+
+    def _full(self, step: int | None, free: int | None) -> storage.StorageError:
+        need = self.state_bytes / jax.process_count() / 2 ** 20
+        have = f"{free / 2 ** 20:.0f} MiB are free" if free is not None else "it is full"
+        saved = self.all_steps()
+        kept = (f"the checkpoints already saved (steps {saved}) are intact and a rerun resumes "
+                f"from step {saved[-1]}" if saved else "no checkpoint was saved yet")
+        what = f"step {step}" if step is not None else "a checkpoint"
+        return storage.StorageError(
+            f"no space left in {self.directory} to save {what}: each needs about {need:.0f} "
+            f"MiB on this host and {have}. Free space there (KEEP_CHECKPOINTS keeps fewer) or "
+            f"set MODEL_DIR to a larger disk; {kept}")
+
+    def _check_free_space(self, step: int) -> None:
+        free = self._free_bytes()
+        if free is not None and free < self.state_bytes / jax.process_count():
+            self.manager.wait_until_finished()
+            raise self._full(step, free)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None):
+        """An out-of-space error from Orbax's (background) writes, named as one."""
+        try:
+            yield
+        except Exception as e:
+            chain, cause = [], e
+            while cause is not None and len(chain) < 10:
+                chain.append(cause)
+                cause = cause.__cause__ or cause.__context__
+            if any(getattr(c, "errno", None) == errno.ENOSPC or "No space left on device"
+                   in str(c) for c in chain):
+                raise self._full(step, self._free_bytes()) from e
+            raise
 
     def set_aside(self, step: int) -> str:
         """Moves a damaged step out of the way (kept, never deleted) so that saving that

@@ -1,7 +1,8 @@
 """Training metrics to stdout (a progress line on a terminal), TensorBoard and metrics.jsonl.
 
 `MODEL_DIR/metrics.jsonl` holds one JSON object per logged step with `step`, `loss`,
-`learning_rate`, `tokens_per_second`, `loss/<language>`, `loss/task/<task>` and the rest.
+`learning_rate`, `tokens_per_second`, `loss/<language>`, `loss/task/<task>` and the rest,
+each averaged over the steps since the previous log step (`LogWindow`).
 Only process 0 writes. On gs:// both are written in a local mirror and uploaded at each
 log step (`storage.Mirror`: GCS objects cannot be appended to).
 """
@@ -20,34 +21,67 @@ from mtf import storage
 from mtf.data import languages, seqio_tasks
 
 
-def grouped_loss(token_loss: np.ndarray, ids: np.ndarray, weights: np.ndarray,
-                 name_of) -> dict[str, float]:
-    """Mean token loss per id (0 = padding, left out): {name_of(id): loss}."""
-    out = {}
+def _group_sums(token_loss: np.ndarray, ids: np.ndarray, weights: np.ndarray,
+                into: dict[int, list[float]]) -> None:
+    """Adds (loss sum, weight) per id (0 = padding, left out) into `into`."""
     for value in np.unique(ids):
         if value <= 0:
             continue
         mask = ids == value
-        count = float(weights[mask].sum())
-        if count > 0:
-            out[name_of(int(value))] = float(token_loss[mask].sum()) / count
-    return out
+        totals = into.setdefault(int(value), [0.0, 0.0])
+        totals[0] += float((token_loss[mask] * weights[mask]).sum())
+        totals[1] += float(weights[mask].sum())
 
 
-def language_losses(token_loss: np.ndarray, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """`loss/<language>` and `loss/task/<task>` from the per-token ids the batch carries."""
-    out: dict[str, float] = {}
-    weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
-    weights = np.asarray(weights, np.float32)
-    if "decoder_language" in batch:
-        for k, v in grouped_loss(token_loss, batch["decoder_language"], weights,
-                                 languages.language_from_id).items():
-            out[f"loss/{k}"] = v
-    if "decoder_task" in batch:
-        for k, v in grouped_loss(token_loss, batch["decoder_task"], weights,
-                                 lambda i: seqio_tasks.TASK_NAMES.get(i, str(i))).items():
-            out[f"loss/task/{k}"] = v
-    return out
+class LogWindow:
+    """Everything between two log steps, averaged over the whole window.
+
+    Steps keep their device values (no host sync per step); at the log step they are
+    fetched once and per-language / per-task loss is summed over every token of the
+    window (one batch of 39 languages would be noise).
+    """
+
+    def __init__(self, gather) -> None:
+        self.gather = gather  # device array -> the global array on the host
+        self.steps: list[tuple[Mapping, Mapping[str, np.ndarray]]] = []
+
+    def add(self, metrics: Mapping, batch: Mapping[str, np.ndarray]) -> None:
+        ids = {k: batch[k] for k in ("decoder_language", "decoder_task",
+                                     "decoder_loss_weights", "decoder_target_tokens")
+               if k in batch}
+        self.steps.append((metrics, ids))
+
+    def summary(self) -> dict[str, float]:
+        """Window means of loss, z_loss and grad_norm, the last learning rate, and
+        `loss/<language>`, `loss/task/<task>`; then the window starts again."""
+        import jax
+
+        scalars = jax.device_get([{k: m[k] for k in ("loss", "z_loss", "grad_norm",
+                                                     "learning_rate")}
+                                  for m, _ in self.steps])
+        out = {k: float(np.mean([s[k] for s in scalars])) for k in ("loss", "z_loss",
+                                                                     "grad_norm")}
+        out["learning_rate"] = float(scalars[-1]["learning_rate"])
+        by_language: dict[int, list[float]] = {}
+        by_task: dict[int, list[float]] = {}
+        for metrics, ids in self.steps:
+            token_loss = self.gather(metrics["token_loss"])
+            local = {k: self.gather(v) for k, v in ids.items()}
+            weights = np.asarray(local.get("decoder_loss_weights",
+                                           local["decoder_target_tokens"] > 0), np.float32)
+            if "decoder_language" in local:
+                _group_sums(token_loss, local["decoder_language"], weights, by_language)
+            if "decoder_task" in local:
+                _group_sums(token_loss, local["decoder_task"], weights, by_task)
+        for value, (total, count) in sorted(by_language.items()):
+            if count > 0:
+                out[f"loss/{languages.language_from_id(value)}"] = total / count
+        for value, (total, count) in sorted(by_task.items()):
+            if count > 0:
+                out[f"loss/task/{seqio_tasks.TASK_NAMES.get(value, str(value))}"] = (
+                    total / count)
+        self.steps = []
+        return out
 
 
 class MetricsWriter:

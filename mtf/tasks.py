@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tasks  # noqa: F401  registers everything
     from mtf.data import records
 
+    records.skip_bad_records_for_the_run(args.skip_bad_records)
     {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths}[args.command](args)
     if records.SKIPPED.total:
         print(records.SKIPPED.summary(), file=sys.stderr)

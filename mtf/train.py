@@ -22,8 +22,19 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from mtf import checkpoint, flops, observability, optim, partitioning, program, state, step, storage
-from mtf.data import batches
+from mtf import (
+    checkpoint,
+    flops,
+    observability,
+    optim,
+    partitioning,
+    program,
+    runlock,
+    state,
+    step,
+    storage,
+)
+from mtf.data import batches, records
 from mtf.errors import SettingError, UserError
 from mtf.model import T5Config
 
@@ -68,6 +79,33 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class _SaveClock:
+    """CHECKPOINT_MINUTES: a save is due when that many minutes passed since the last one.
+
+    With several processes, process 0's clock decides, broadcast every `SYNC_STEPS` steps
+    (all must save the same step; a per-step broadcast would stall the device queue)."""
+
+    SYNC_STEPS = 10
+
+    def __init__(self, minutes: float | None) -> None:
+        self.seconds = minutes * 60 if minutes else None
+        self.last = time.monotonic()
+        self.multi = jax.process_count() > 1
+
+    def due(self, step_number: int) -> bool:
+        if self.seconds is None:
+            return False
+        late = time.monotonic() - self.last >= self.seconds
+        if not self.multi:
+            return late
+        if step_number % self.SYNC_STEPS:
+            return False
+        return bool(multihost_utils.broadcast_one_to_all(np.int32(late)))
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
 def _check_finite(value: float, step_number: int, ckpts: checkpoint.Checkpoints) -> None:
     if math.isfinite(value):
         return
@@ -110,7 +148,7 @@ def _print_memory(compiled: Any) -> None:
 
 
 def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
-                     data: batches.DataConfig, abstract, shardings):
+                     data: batches.DataConfig, abstract, shardings, batch_size: int):
     latest, restored, damaged = None, None, []
     for candidate in sorted(ckpts.all_steps(), reverse=True):
         try:
@@ -134,6 +172,14 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
                 dropout_rate=0.0, dtype="float32"):
             logging.warning("the checkpoint's model config differs from the gin config in "
                             "more than dropout/dtype: %s vs %s", saved, model_config)
+        if position.get("batch_size") not in (None, batch_size):
+            raise SettingError(
+                f"BATCH_SIZE={batch_size}, but the checkpoint at step {latest} in "
+                f"{ckpts.directory} was trained with BATCH_SIZE={position['batch_size']}: the "
+                "data position is counted in batches, so resuming would change which examples "
+                f"come next. Resume with --gin.BATCH_SIZE={position['batch_size']}, or start a "
+                f"new MODEL_DIR with --gin.INITIAL_CHECKPOINT_PATH={ckpts.directory}/{latest} "
+                "(parameters only) to train on with another batch size")
         if position.get("mixture") not in (None, data.mixture_or_task_name):
             logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
                             data.mixture_or_task_name, position.get("mixture"))
@@ -147,6 +193,23 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
                 f"initialised from {initial_checkpoint_path}")
     fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
     return fresh, 0, "random initialisation"
+
+
+def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
+    """Process 0 takes MODEL_DIR's run lock; every process fails alike when it is held."""
+    lock, refused = (runlock.RunLock(model_dir) if chief else None), ""
+    if lock is not None:
+        try:
+            lock.acquire()
+        except runlock.RunLockError as e:
+            refused = str(e)
+    if jax.process_count() > 1:
+        held = multihost_utils.broadcast_one_to_all(np.int32(bool(refused)))
+        if int(held) and not refused:
+            refused = "MODEL_DIR is in use by another run (process 0 says which)"
+    if refused:
+        raise runlock.RunLockError(refused)
+    return lock
 
 
 def step_program(mesh, *, model_config: T5Config, batch_size: int, data: batches.DataConfig,
@@ -184,87 +247,103 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         raise SettingError(f"TRAIN_STEPS={train_steps} must be positive")
     storage.check_bucket(model_dir, "MODEL_DIR")
     chief = jax.process_index() == 0
-    batches.provider(data)  # fail before any compiling if the mixture is not registered
-    mesh = partitioning.make_mesh(mesh_shape)
-    compiled_step, tx = step_program(
-        mesh, model_config=model_config, batch_size=batch_size, data=data,
-        optimizer=optimizer, learning_rate=learning_rate, schedule=schedule,
-        warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
-        weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
-    lengths = batches.task_feature_lengths(data.task_feature_lengths)
-    ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
-    train_state, position, source = _restore_or_init(
-        model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
-        compiled_step.abstract_state, compiled_step.shardings)
-    start = int(jax.device_get(train_state.step))
-    if chief:
-        print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
-              f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
-              flush=True)
-    if start >= train_steps:
-        print(f"nothing to do: the checkpoint is at step {start} >= TRAIN_STEPS={train_steps}")
-        ckpts.close()
-        return TrainResult(start, start, {}, False, source)
-
-    rng = jax.random.key(seed) if compiled_step.dropout else None
-    compiled = compiled_step.compile(rng)
-    if chief:
-        _print_memory(compiled)
-        storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
-
-    peak = peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
-    step_flops = flops.model_flops_per_step(model_config, batch_size, lengths["inputs"],
-                                            lengths["targets"])
-    tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
-    writer = observability.MetricsWriter(model_dir, train_steps, enabled=chief)
-    stream = batches.batches(data, batch_size, position, jax.process_index(),
-                             jax.process_count())
-    preemption = _Preemption()
-    losses: dict[int, float] = {}
-    last_time, last_step = time.perf_counter(), start
-    data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed}
-    done = start
+    lock = _take_run_lock(model_dir, chief)
     try:
-        for done in range(start + 1, train_steps + 1):
-            local = next(stream)
-            batch = _global_batch(local, compiled_step.batch_sharding,
-                                  tuple(compiled_step.abstract_batch))
-            train_state, metrics = compiled(train_state, batch, rng)
-            log_now = done % log_period == 0 or done == train_steps
-            save_now = done % checkpoint_config.period == 0 or done == train_steps
-            stop_now = preemption.reached(done)
-            if log_now or save_now or stop_now:
-                value = float(jax.device_get(metrics["loss"]))
-                _check_finite(value, done, ckpts)
-                losses[done] = value
-            if log_now:
-                now = time.perf_counter()
-                seconds = (now - last_time) / max(done - last_step, 1)
-                fetched = jax.device_get({k: metrics[k] for k in ("z_loss", "grad_norm",
-                                                                  "learning_rate")})
-                scalars = {"loss": value, **{k: float(v) for k, v in fetched.items()}}
-                scalars["tokens_per_second"] = tokens_per_step / seconds
-                scalars["step_seconds"] = seconds
-                scalars["mfu"] = step_flops / seconds / (peak * jax.device_count())
-                token_loss = _gather(metrics["token_loss"])
-                ids = {k: _gather(local[k]) for k in ("decoder_language", "decoder_task",
-                                                      "decoder_loss_weights",
-                                                      "decoder_target_tokens") if k in local}
-                scalars.update(observability.language_losses(token_loss, ids))
-                writer.write(done, scalars)
-                last_time, last_step = time.perf_counter(), done
-            if save_now or stop_now:
-                ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
-            if stop_now:
-                if chief:
-                    print(f"preempted: saved step {done}; rerun the same command to resume",
-                          flush=True)
+        batches.provider(data)  # fail before any compiling if the mixture is not registered
+        records.skip_bad_records_for_the_run(data.skip_bad_records)
+        mesh = partitioning.make_mesh(mesh_shape)
+        compiled_step, tx = step_program(
+            mesh, model_config=model_config, batch_size=batch_size, data=data,
+            optimizer=optimizer, learning_rate=learning_rate, schedule=schedule,
+            warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
+            weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
+        lengths = batches.task_feature_lengths(data.task_feature_lengths)
+        ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
+        train_state, position, source = _restore_or_init(
+            model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
+            compiled_step.abstract_state, compiled_step.shardings, batch_size)
+        start = int(jax.device_get(train_state.step))
+        if chief:
+            print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
+                  f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
+                  flush=True)
+        if start >= train_steps:
+            print(f"nothing to do: the checkpoint is at step {start} >= TRAIN_STEPS={train_steps}")
+            ckpts.close()
+            return TrainResult(start, start, {}, False, source)
+
+        rng = jax.random.key(seed) if compiled_step.dropout else None
+        compiled = compiled_step.compile(rng)
+        if chief:
+            _print_memory(compiled)
+            storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
+
+        peak = peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
+        step_flops = flops.model_flops_per_step(model_config, batch_size, lengths["inputs"],
+                                                lengths["targets"])
+        tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
+        writer = observability.MetricsWriter(model_dir, train_steps, enabled=chief)
+        stream = batches.batches(data, batch_size, position, jax.process_index(),
+                                 jax.process_count())
+        preemption = _Preemption()
+        window = observability.LogWindow(_gather)
+        save_clock = _SaveClock(checkpoint_config.minutes)
+        losses: dict[int, float] = {}
+        last_time, last_step = time.perf_counter(), start
+        data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed,
+                     "batch_size": batch_size}
+        done = start
+        try:
+            for done in range(start + 1, train_steps + 1):
+                local = next(stream)
+                if lock is not None:
+                    lock.refresh()
+                batch = _global_batch(local, compiled_step.batch_sharding,
+                                      tuple(compiled_step.abstract_batch))
+                train_state, metrics = compiled(train_state, batch, rng)
+                log_now = done % log_period == 0 or done == train_steps
+                save_now = (done % checkpoint_config.period == 0 or done == train_steps
+                            or save_clock.due(done))
+                stop_now = preemption.reached(done)
+                window.add(metrics, local)
+                if log_now or save_now or stop_now:
+                    value = float(jax.device_get(metrics["loss"]))
+                    _check_finite(value, done, ckpts)
+                    losses[done] = value
+                if log_now:
+                    now = time.perf_counter()
+                    seconds = (now - last_time) / max(done - last_step, 1)
+                    scalars = window.summary()
+                    scalars["tokens_per_second"] = tokens_per_step / seconds
+                    scalars["step_seconds"] = seconds
+                    scalars["mfu"] = step_flops / seconds / (peak * jax.device_count())
+                    scalars["skipped_records"] = float(records.SKIPPED.total)
+                    writer.write(done, scalars)
+                    last_time, last_step = time.perf_counter(), done
+                if save_now or stop_now:
+                    ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
+                    save_clock.saved()
+                if stop_now:
+                    if chief:
+                        print(f"preempted: saved step {done}; rerun the same command to resume",
+                              flush=True)
+                    ckpts.close()
+                    return TrainResult(start, done, losses, True, source)
+            ckpts.close()
+        except BaseException:
+            # Stop Orbax's background writers too (a save already under way is finished):
+            # its threads would otherwise keep the process from exiting.
+            try:
                 ckpts.close()
-                return TrainResult(start, done, losses, True, source)
-        ckpts.close()
+            except Exception as e:  # the error that got us here is the one to report
+                logging.warning("closing the checkpoints after an error: %s", e)
+            raise
+        finally:
+            preemption.restore()
+            writer.close()
+        if chief:
+            print(f"done: step {done}, checkpoints in {ckpts.directory}", flush=True)
+        return TrainResult(start, done, losses, False, source)
     finally:
-        preemption.restore()
-        writer.close()
-    if chief:
-        print(f"done: step {done}, checkpoints in {ckpts.directory}", flush=True)
-    return TrainResult(start, done, losses, False, source)
+        if lock is not None:
+            lock.release()

@@ -70,7 +70,7 @@ def _initial(model_config, path, tmp_path):
     abstract, shardings = train_state.state_shardings(model_config, tx, mesh)
     with checkpoint.Checkpoints(str(tmp_path / "run")) as ckpts:
         state, position, source = train._restore_or_init(model_config, tx, mesh, ckpts, path,
-                                                         0, DATA, abstract, shardings)
+                                                         0, DATA, abstract, shardings, 8)
     return state, position, source
 
 

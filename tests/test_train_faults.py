@@ -122,3 +122,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(uninterrupted, t
     np.testing.assert_allclose([resumed[s] for s in range(16, 21)],
                                [reference[s] for s in range(16, 21)], rtol=1e-6)
     assert steps(tmp_path)[-1] == 20  # saved again, readable
+
+
+def test_resuming_with_another_batch_size_is_refused(uninterrupted, tmp_path):
+    import shutil
+
+    source, _ = uninterrupted
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    result = run(tmp_path, TRAIN_STEPS="25", BATCH_SIZE="16")
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert "BATCH_SIZE=16, but the checkpoint at step 20" in error
+    assert "--gin.BATCH_SIZE=8" in error and "INITIAL_CHECKPOINT_PATH=" in error
+    assert steps(tmp_path) == [5, 10, 15, 20]  # nothing written

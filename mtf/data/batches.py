@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterator, Mapping
 
 import gin
@@ -19,7 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from mtf.data import seekable, seqio_tasks
+from mtf.data import records, seekable, seqio_tasks
 from mtf.errors import SettingError
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
@@ -96,6 +97,7 @@ class DataConfig:
     shuffle_buffer_size: int = 10_000
     use_cached: bool = False
     seekable: bool = True  # unpacked runs resume without replaying (see seekable.py)
+    skip_bad_records: bool = False  # count and skip malformed records instead of stopping
 
 
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
@@ -150,4 +152,27 @@ def batches(config: DataConfig, batch_size: int, position: int = 0, process_inde
             process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches starting after `position` batches (the resume point)."""
     ds = dataset(config, batch_size, process_index, process_count, position)
-    return ds.prefetch(2).as_numpy_iterator()
+    return _record_errors_unwrapped(ds.prefetch(2).as_numpy_iterator())
+
+
+def _record_errors_unwrapped(iterator: Iterator[dict[str, np.ndarray]]
+                             ) -> Iterator[dict[str, np.ndarray]]:
+    """tf.data reports a reader's RecordError as a TensorFlow error with a traceback inside
+    its message; raise the RecordError itself (file, line, fix) instead."""
+    while True:
+        message = None
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            found = re.search(r"(?:RecordError|LanguageError|TemplateError): (.+)", e.message)
+            if found is None:
+                raise
+            message = found[1].strip()
+        if message is not None:
+            # Raised outside the `except`: the TensorFlow error (and the frames it holds)
+            # must not stay attached, or tf.data's threads block the interpreter's exit.
+            del iterator
+            raise records.RecordError(message)
+        yield batch

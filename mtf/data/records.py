@@ -57,6 +57,18 @@ class SkipReport:
 
 
 SKIPPED = SkipReport()  # process-wide; `python -m mtf.tasks` and the train loop report it
+_SKIP_FOR_THE_RUN = False
+
+
+def skip_bad_records_for_the_run(enabled: bool) -> None:
+    """The run-wide switch (gin SKIP_BAD_RECORDS, `python -m mtf.tasks --skip_bad_records`):
+    every reader skips and counts bad records, whatever its task registered it with."""
+    global _SKIP_FOR_THE_RUN
+    _SKIP_FOR_THE_RUN = enabled
+
+
+def skipping(skip_bad_records: bool) -> bool:
+    return skip_bad_records or _SKIP_FOR_THE_RUN
 
 
 def open_text(path: str) -> IO[bytes]:
@@ -135,14 +147,14 @@ def guarded(items: Iterator[tuple[str, Any]], convert: Callable[[str, Any], Reco
         except StopIteration:
             return
         except RecordError as e:  # unreadable line: the iterator cannot resume past it
-            if not skip_bad_records:
+            if not skipping(skip_bad_records):
                 raise
             report.skip(source, str(e))
             return
         try:
             record = convert(where, item)
         except RecordError as e:
-            if not skip_bad_records:
+            if not skipping(skip_bad_records):
                 raise
             report.skip(source, str(e))
             continue

@@ -85,7 +85,7 @@ def prompted_examples(records: Iterable[Mapping[str, Any]], name: str,
                      [(t.id + ("" if t.language == "en" else f"@{t.language}"),
                        *t.apply(record)) for t in prompts])
         except (languages.LanguageError, templates.TemplateError) as e:
-            if not skip_bad_records:
+            if not records_lib.skipping(skip_bad_records):
                 raise records_lib.RecordError(f"{where}: {e}") from None
             report.skip(name, f"{where}: {e}")
             continue
