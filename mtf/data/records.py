@@ -29,14 +29,19 @@ class RecordError(UserError, ValueError):
 
 @dataclasses.dataclass
 class SkipReport:
-    """Counts skipped records per file (thread-safe: tf.data may read in parallel)."""
+    """Counts skipped records per file, each bad record once however often it is read
+    (thread-safe: tf.data may read in parallel)."""
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     first_reason: dict[str, str] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    _seen: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     def skip(self, source: str, reason: str) -> None:
         with self._lock:
+            if reason in self._seen:  # the same record met again (another epoch, a re-read)
+                return
+            self._seen.add(reason)
             self.counts[source] += 1
             self.first_reason.setdefault(source, reason)
             count = self.counts[source]
