@@ -18,7 +18,7 @@ import pytest
 
 from tasks import mini_xp3
 from tests.gcs_server import GcsServer
-from tests.test_xp3_tasks import write_jsonl
+from tests.test_xp3_tasks import write_xp3
 from tests.train_helpers import REPO, env, launch_args
 
 pytestmark = pytest.mark.slow
@@ -29,13 +29,7 @@ def gcs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gcs")
     server = GcsServer(root)
     server.create_bucket("bucket")
-    tree = root / "xp3"
-    write_jsonl(tree / "en" / "merged_en.jsonl",
-                [{"inputs": f"Question {i}: what is {i} plus one?", "targets": str(i + 1)}
-                 for i in range(300)])
-    write_jsonl(tree / "sw" / "merged_sw.jsonl",
-                [{"inputs": f"Swali {i}: {i} jumlisha moja ni ngapi?", "targets": f"{i + 1}"}
-                 for i in range(200)])
+    tree = write_xp3(root / "xp3", english=300, swahili=200)
     server.upload_tree(tree, "bucket", "xp3")
     vocab = root / "vocab"
     vocab.mkdir()

@@ -17,15 +17,20 @@ def write_jsonl(path, records):
                     encoding="utf-8")
 
 
-@pytest.fixture
-def xp3_tree(tmp_path):
-    root = tmp_path / "xp3"
+def write_xp3(root, english=200, swahili=60):
+    """An xP3 tree with `en` and `sw` folders of merged files."""
     write_jsonl(root / "en" / "merged_en.jsonl",
                 [{"inputs": f"Question {i}: what is {i} plus one?", "targets": str(i + 1)}
-                 for i in range(200)])
+                 for i in range(english)])
     write_jsonl(root / "sw" / "merged_sw.jsonl",
                 [{"inputs": f"Swali {i}: {i} jumlisha moja ni ngapi?", "targets": f"{i + 1}"}
-                 for i in range(60)])
+                 for i in range(swahili)])
+    return root
+
+
+@pytest.fixture
+def xp3_tree(tmp_path):
+    root = write_xp3(tmp_path / "xp3")
     # xP3x style: no merged file, per-dataset files with language / split / template.
     write_jsonl(root / "yo" / "xp3x_wiki.jsonl",
                 [{"inputs": f"Ìbéèrè {i}", "targets": f"Ìdáhùn {i}", "language": "yor_Latn",
