@@ -89,6 +89,13 @@ def test_train_kill_resume_and_convert_on_gs(gcs, tmp_path):
     np.testing.assert_allclose([losses[s] for s in range(step + 1, 21)],
                                [expected[s] for s in range(step + 1, 21)], rtol=1e-6)
 
+    # A new run starts from that gs:// step (INITIAL_CHECKPOINT_PATH: parameters only).
+    finetuned = gs_run(gcs, tmp_path, "from_step",
+                       INITIAL_CHECKPOINT_PATH="'gs://bucket/run/checkpoints/20'",
+                       TRAIN_STEPS="2")
+    assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+    assert "initialised from gs://bucket/run/checkpoints/20" in finetuned.stdout
+
     # A training step on gs:// converts to Hugging Face files (and reads back the same).
     out = tmp_path / "hf"
     converted = subprocess.run(
