@@ -97,13 +97,146 @@ def _parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
             gin.parse_config_file(path)
         except Exception as e:  # gin raises several types; all mean this file is wrong
             raise ConfigError(f"in gin file {path}: {e}") from e
+    known = _macros()
     for binding in bindings:
         text = normalize_binding(binding)
+        name = _BINDING.match(text).group(1)
+        if "." not in name and "/" not in name and name not in known:
+            raise ConfigError(_unknown_macro(binding, name, known))
         try:
             gin.parse_config(text)
         except Exception as e:
             raise ConfigError(f"in gin binding --gin.{binding}: {e}") from e
+        _check_types(binding, name)
     try:
         gin.finalize()
     except Exception as e:
         raise ConfigError(f"gin configuration does not finalize: {e}") from e
+
+
+# ---- Checks of command-line bindings: gin accepts any new macro name and any value type.
+
+def _config() -> dict:
+    from gin import config as gin_config  # gin's parsed bindings; no public accessor
+
+    return gin_config._CONFIG
+
+
+def _references(value) -> list:
+    """The configurable references (including %MACROs) inside a bound value."""
+    from gin import config as gin_config
+
+    if isinstance(value, gin_config.ConfigurableReference):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [r for v in value for r in _references(v)]
+    return []
+
+
+def _macros() -> set[str]:
+    """Macros the loaded gin files define or reference."""
+    names = set()
+    for (scope, selector), params in _config().items():
+        if selector == "gin.macro":
+            names.add(scope)
+        for value in params.values():
+            for ref in _references(value):
+                if ref.configurable.name == "macro":
+                    names.add(ref.scoped_selector.split("/")[0])
+    return names
+
+
+def _unknown_macro(binding: str, name: str, known: set[str]) -> str:
+    import difflib
+
+    by_upper = {k.upper(): k for k in known}
+    close = difflib.get_close_matches(name.upper(), list(by_upper), n=3, cutoff=0.6)
+    hint = (f"did you mean {', '.join(by_upper[c] for c in close)}? " if close else "")
+    return (f"--gin.{binding}: {name} is not a macro of the loaded gin files, so it would "
+            f"change nothing; {hint}(known: {', '.join(sorted(known))}; configurable "
+            "parameters are written module.function.parameter)")
+
+
+def _consumers(name: str) -> list[tuple[str, str]]:
+    """(configurable selector, parameter) pairs whose bound value is %name."""
+    out = []
+    for (_, selector), params in _config().items():
+        for param, value in params.items():
+            if any(r.configurable.name == "macro" and r.scoped_selector.split("/")[0] == name
+                   for r in _references(value)):
+                out.append((selector, param))
+    return out
+
+
+def _expected(selector: str, param: str) -> tuple[str, ...] | None:
+    """The kinds a configurable's parameter takes ('int', 'float', 'bool', 'tuple', 'str',
+    'None') from its annotation, else its default; None when unknown."""
+    import inspect
+
+    from gin import config as gin_config
+
+    try:
+        fn = gin_config._REGISTRY.get_match(selector).wrapped
+        parameter = inspect.signature(fn).parameters[param]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        outer = re.sub(r"\[[^\[\]]*\]", "", annotation)  # tuple[int, int] -> tuple
+        kinds = tuple(k for k in ("int", "float", "bool", "tuple", "str", "dict", "None")
+                      if re.search(rf"\b{k}\b", outer))
+        if any(k in annotation for k in ("Any", "Sequence", "Mapping", "[", "|")) and not kinds:
+            return None
+        return kinds or None
+    default = parameter.default
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    return (type(default).__name__,)
+
+
+def _fits(value, kinds: tuple[str, ...]) -> bool:
+    from gin import config as gin_config
+
+    if isinstance(value, gin_config.ConfigurableReference):
+        return True  # another configurable or macro: checked where it is bound
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int):
+        return bool({"int", "float"} & set(kinds))
+    if isinstance(value, float):
+        return "float" in kinds
+    if isinstance(value, list | tuple):
+        return "tuple" in kinds
+    if isinstance(value, dict):
+        return "dict" in kinds
+    if isinstance(value, str):
+        return "str" in kinds
+    return True
+
+
+def _check_types(binding: str, name: str) -> None:
+    """A command-line value of the wrong type for what consumes it is named here, not deep
+    inside the run as a TypeError."""
+    if "." in name or "/" in name:
+        scope, _, rest = name.rpartition("/")
+        selector, _, param = rest.rpartition(".")
+        try:
+            from gin import config as gin_config
+
+            key = (scope, gin_config._REGISTRY.get_match(selector).selector)
+            targets = [(key[1], param, _config()[key][param])]
+        except (AttributeError, KeyError, TypeError):
+            return
+    else:
+        value = _config().get((name, "gin.macro"), {}).get("value")
+        targets = [(selector, param, value) for selector, param in _consumers(name)]
+    for selector, param, value in targets:
+        kinds = _expected(selector, param)
+        if kinds and not _fits(value, kinds):
+            wanted = " or ".join(kinds)
+            raise ConfigError(f"--gin.{binding}: {selector}.{param} takes {wanted}, got "
+                              f"{value!r} ({type(value).__name__})")

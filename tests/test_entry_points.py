@@ -37,11 +37,40 @@ def test_launch_prints_user_errors_alone_and_other_errors_with_their_traceback(t
     assert user.returncode == 1
     assert user.stderr.strip().splitlines()[-1] == "error: TRAIN_STEPS=0 must be positive"
     assert "Traceback" not in user.stderr
-    # Not one of mtf's errors (a bug, or here a setting gin cannot type-check): traceback.
+    # Not one of mtf's errors (a bug, or here a mapping mtf does not type-check): traceback.
     other = run("mtf.launch", f"--gin_file={tiny}", f"--gin.MODEL_DIR={tmp_path}",
-                "--gin.LOG_PERIOD='ten'", cwd=tmp_path)
+                "--gin.TASK_FEATURE_LENGTHS=5", cwd=tmp_path)
     assert other.returncode == 1 and "Traceback (most recent call last)" in other.stderr
     assert "TypeError" in other.stderr
+
+
+@pytest.mark.parametrize("binding,message", [
+    ("TRAIN_STEP=10", "TRAIN_STEP is not a macro of the loaded gin files, so it would change "
+                      "nothing; did you mean TRAIN_STEPS?"),
+    ("train_steps=10", "did you mean TRAIN_STEPS"),
+    ("TRAIN_STEPS=ten", "mtf.train.train.train_steps takes int, got 'ten' (str)"),
+    ("LEARNING_RATE=fast", "mtf.train.train.learning_rate takes float, got 'fast' (str)"),
+    ("MESH_SHAPE=5", "mtf.train.train.mesh_shape takes tuple, got 5 (int)"),
+    ("train.train.batch_size=eight", "mtf.train.train.batch_size takes int, got 'eight'"),
+    ("CHECKPOINT_MINUTES=soon", "takes float or None, got 'soon'"),
+])
+def test_typos_and_wrong_types_in_bindings_are_named(binding, message):
+    try:
+        with pytest.raises(gin_config.ConfigError) as error:
+            gin_config.parse(["gin/mt0_tiny.gin"], [binding])
+        assert f"--gin.{binding}: " in str(error.value) and message in str(error.value)
+    finally:
+        gin.clear_config()
+
+
+def test_right_bindings_still_pass():
+    try:
+        gin_config.parse(["gin/mt0_tiny.gin"], [
+            "TRAIN_STEPS=10", "LEARNING_RATE=1", "MESH_SHAPE=(2, 1, 1)", "XP3_DIR=/data/xp3",
+            "CHECKPOINT_MINUTES=None", "train.train.batch_size=4", "PACK=False"])
+        assert gin.query_parameter("%TRAIN_STEPS") == 10
+    finally:
+        gin.clear_config()
 
 
 @pytest.mark.parametrize("size,emb,heads,layers,mlp", [
