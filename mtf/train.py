@@ -237,7 +237,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
           checkpoint_config: checkpoint.CheckpointConfig | None = None,
           log_period: int = 10, seed: int = 0,
           peak_flops_per_device: float | None = None) -> TrainResult:
-    """Trains `model_config` on `data` for `train_steps` steps of this run (see module doc)."""
+    """Trains `model_config` on `data` until step `train_steps` (the same target when it
+    resumes; pretraining steps are not counted), see the module doc."""
     data = data or batches.DataConfig()
     loss = loss or step.LossConfig()
     checkpoint_config = checkpoint_config or checkpoint.CheckpointConfig()

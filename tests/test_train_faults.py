@@ -135,3 +135,19 @@ def test_resuming_with_another_batch_size_is_refused(uninterrupted, tmp_path):
     assert "BATCH_SIZE=16, but the checkpoint at step 20" in error
     assert "--gin.BATCH_SIZE=8" in error and "INITIAL_CHECKPOINT_PATH=" in error
     assert steps(tmp_path) == [5, 10, 15, 20]  # nothing written
+
+
+def test_train_steps_is_the_step_a_resumed_run_stops_at(uninterrupted, tmp_path):
+    """What the README says TRAIN_STEPS means (checked against its own sentence)."""
+    import shutil
+
+    from tests.train_helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert "a run resumed at step 300\n  with `TRAIN_STEPS=320` trains 20 more steps" in readme
+    source, _ = uninterrupted
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    result = run(tmp_path, TRAIN_STEPS="22")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 20; step 20 -> 22" in result.stdout
+    assert sorted(last_losses(tmp_path)) == [21, 22]
