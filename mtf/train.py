@@ -292,7 +292,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         losses: dict[int, float] = {}
         last_time, last_step = time.perf_counter(), start
         data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed,
-                     "batch_size": batch_size}
+                     "batch_size": batch_size, "vocabulary": batches.vocabulary_file(data)}
         done = start
         try:
             for done in range(start + 1, train_steps + 1):

@@ -21,6 +21,10 @@ class StoredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     `mtf.storage` (seqio would read it with TensorFlow's GCS client) into a local cache at
     first use, and an unreadable model names MTF_VOCABULARY instead of failing inside seqio."""
 
+    def __init__(self, sentencepiece_model_file: str, **kwargs):
+        super().__init__(sentencepiece_model_file, **kwargs)
+        self.source = sentencepiece_model_file  # as given (the file read may be a cached copy)
+
     def _model_context(self):
         if not self._model:
             source = self._sentencepiece_model_file

@@ -135,3 +135,39 @@ def test_bench_prints_its_json():
     for key in ("tokens_per_s", "step_s", "peak_flops_per_s", "mfu", "model_flops_per_step"):
         assert line[key] > 0, key
     assert line["tokens_per_s"] == pytest.approx(2 * 24 / line["step_s"])
+
+
+@pytest.mark.slow
+def test_readme_train_export_load_in_three_commands(tmp_path):
+    """The README's three commands (train, export the run's newest step, load with
+    transformers), with a shorter run and paths under tmp_path."""
+    import json as json_lib
+    import re
+    import stat
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("From a training run to a Hugging Face model, in three commands:")[1]
+    commands = re.search(r"```bash\n(.*?)```", block, re.S)[1].strip().splitlines()
+    assert len(commands) == 3
+    model_dir, export = tmp_path / "mt0_tiny", tmp_path / "mt0_tiny_hf"
+    commands = [c.replace("/tmp/mtf/mt0_tiny", str(model_dir))
+                 .replace("/tmp/mt0_tiny_hf", str(export)) for c in commands]
+    commands[0] += " --gin.TRAIN_STEPS=3"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("MTF_VOCABULARY", None)  # the tokenizer must come from what the run recorded
+    for command in commands:
+        result = subprocess.run(command.replace("python ", f"{sys.executable} ", 1),
+                                shell=True, cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.safetensors", "config.json", "spiece.model", "tokenizer_config.json"):
+        mode = stat.S_IMODE((export / name).stat().st_mode)
+        assert mode & 0o044 == 0o044, f"{name} is {oct(mode)}"
+    assert json_lib.loads((export / "tokenizer_config.json").read_text())["extra_ids"] == 100
+    from transformers import AutoTokenizer
+
+    from tasks import mini_xp3
+
+    text = "Habari ya asubuhi dunia"
+    ours = mini_xp3.vocabulary().encode(text)
+    assert AutoTokenizer.from_pretrained(export)(text).input_ids == ours + [1]  # + EOS

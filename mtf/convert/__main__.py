@@ -5,6 +5,12 @@ Examples:
       gs://t5-data/pretrained_models/t5x/mt5_small/checkpoint_1000000 /ckpt/mt5_small
   python -m mtf.convert --from hf --to mtf ./mt0-small /ckpt/mt0_small
   python -m mtf.convert --from mtf --to hf /ckpt/mt0_small ./mt0-small-export
+  python -m mtf.convert --from mtf --to hf /tmp/mtf/mt0_tiny ./mt0-tiny-hf   # a run's newest step
+
+`--from mtf` takes a parameter directory, a training MODEL_DIR (its newest step, or
+`--step N`) or a `MODEL_DIR/checkpoints/N` folder. `--to hf` also writes the tokenizer
+(spiece.model + tokenizer_config.json) from `--vocabulary`, else the vocabulary the run
+recorded, else $MTF_VOCABULARY.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="target_format", required=True, choices=["hf", "mtf"])
     parser.add_argument("--max_distance", type=int, default=128,
                         help="T5X only: relative attention max distance (not in the weights)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="--from mtf with a MODEL_DIR: this step instead of the newest")
+    parser.add_argument("--vocabulary", default=None,
+                        help="--to hf: the SentencePiece model to write as the tokenizer")
     parser.add_argument("source")
     parser.add_argument("target")
     args = parser.parse_args(argv)
@@ -37,19 +47,29 @@ def main(argv: list[str] | None = None) -> int:
         save_hf,
         save_params,
     )
+    from mtf.convert.native import step_vocabulary, training_step
     from mtf.errors import UserError
 
     try:
+        vocabulary = args.vocabulary
         if args.source_format == "hf":
             config, params = load_hf(args.source)
         elif args.source_format == "mtf":
-            config, params = load_params(args.source)
+            step_dir = training_step(args.source, args.step)
+            if step_dir is not None:
+                print(f"reading training step {step_dir}")
+                vocabulary = vocabulary or step_vocabulary(step_dir)
+            config, params = load_params(step_dir or args.source)
         else:
             target = read_t5x_tree(args.source)["optimizer"].get("target", {})
             config = infer_config(target, relative_attention_max_distance=args.max_distance)
             params = load_t5x(args.source, config)
         if args.target_format == "hf":
-            save_hf(config, params, args.target)
+            vocabulary = vocabulary or os.environ.get("MTF_VOCABULARY")
+            save_hf(config, params, args.target, vocabulary=vocabulary)
+            if not vocabulary:
+                print("no tokenizer written: pass --vocabulary PATH (the SentencePiece model "
+                      "the model was trained with)")
         else:
             save_params(args.target, config, params)
     except UserError as e:

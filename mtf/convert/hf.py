@@ -261,8 +261,10 @@ def _hf_tensors(config: T5Config, params: Params) -> Iterator[tuple[str, np.ndar
 
 
 def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
-            max_shard_bytes: int = 2 << 30) -> None:
-    """Writes a directory `transformers` loads with `from_pretrained` (same logits)."""
+            max_shard_bytes: int = 2 << 30, vocabulary: str | None = None) -> None:
+    """Writes a directory `transformers` loads with `from_pretrained` (same logits), and
+    with `vocabulary` (a SentencePiece model, local or gs://) the tokenizer files that
+    `AutoTokenizer.from_pretrained` reads."""
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -296,3 +298,22 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
                  "weight_map": {k: file_names[v] for k, v in sorted(weight_map.items())}}
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    if vocabulary:
+        _save_tokenizer(path, vocabulary)
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in path.iterdir():  # safetensors writes 0600; give them the usual modes
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
+
+
+def _save_tokenizer(path: Path, vocabulary: str) -> None:
+    """mT5's tokenizer as transformers saves it: spiece.model + T5Tokenizer config."""
+    from mtf import storage
+
+    (path / "spiece.model").write_bytes(storage.read_bytes(vocabulary))
+    special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "extra_ids": 100, "legacy": True,
+         "model_max_length": 1024, **special}, indent=2))

@@ -34,6 +34,33 @@ def is_train_step(path: str | os.PathLike) -> bool:
     return (p / "state").exists() and (p / "config" / "metadata").exists()
 
 
+def training_step(path: str | os.PathLike, step: int | None = None) -> str | None:
+    """The step folder a path names: `MODEL_DIR` (its newest step, or `step`), a
+    `checkpoints/` folder, or a step folder itself; None when it is none of these."""
+    p = _path(path)
+    if step is None and is_train_step(p):
+        return os.fspath(p)
+    for folder in (p / "checkpoints", p):
+        if folder.is_dir():
+            steps = sorted(int(q.name) for q in folder.iterdir() if q.name.isdigit()
+                           and is_train_step(q))
+            if steps:
+                if step is None:
+                    return os.fspath(folder / str(steps[-1]))
+                if step not in steps:
+                    raise CheckpointError(f"{folder} has no step {step}; it has {steps}")
+                return os.fspath(folder / str(step))
+    return None
+
+
+def step_vocabulary(step_dir: str | os.PathLike) -> str | None:
+    """The SentencePiece model the run trained with (recorded with each step), if any."""
+    data = _path(step_dir) / "data" / "metadata"
+    if not data.exists():
+        return None
+    return json.loads(data.read_text()).get("vocabulary")
+
+
 def save_params(path: str | os.PathLike, config: T5Config, params: Params) -> None:
     path = _path(path)
     check_names_and_shapes(

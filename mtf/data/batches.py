@@ -115,6 +115,13 @@ def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
     return found
 
 
+def vocabulary_file(config: DataConfig) -> str | None:
+    """The SentencePiece model of the targets (recorded with checkpoints for export)."""
+    vocabulary = provider(config).output_features["targets"].vocabulary
+    return getattr(vocabulary, "source", None) or getattr(
+        vocabulary, "sentencepiece_model_file", None)
+
+
 def uses_seekable_stream(config: DataConfig) -> bool:
     return (config.seekable and not config.pack and config.shuffle and not config.use_cached
             and seekable.supported(provider(config)))
