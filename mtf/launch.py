@@ -30,6 +30,8 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--process_id", type=int,
                         default=int(os.environ["MTF_PROCESS_ID"])
                         if "MTF_PROCESS_ID" in os.environ else None)
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
     parser.add_argument("--heartbeat_timeout", type=int,
                         default=int(os.environ.get("MTF_HEARTBEAT_TIMEOUT", "100")),
                         help="seconds after which a silent host fails the others")
@@ -90,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     init_distributed(args)
+    from mtf import quiet
+
+    quiet.start(args.verbose)
     from mtf import config, runs, train  # after the flags: importing jax/seqio is slow
     from mtf.errors import UserError
 

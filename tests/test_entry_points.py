@@ -171,3 +171,20 @@ def test_readme_train_export_load_in_three_commands(tmp_path):
     text = "Habari ya asubuhi dunia"
     ours = mini_xp3.vocabulary().encode(text)
     assert AutoTokenizer.from_pretrained(export)(text).input_ids == ours + [1]  # + EOS
+
+
+NOISE = ("oneDNN", "Could not find cuda drivers", "absl::InitializeLog", "libtpu",
+         "TPU_WORKER_HOSTNAMES")
+
+
+def test_commands_start_quietly_unless_verbose(tmp_path):
+    args = ("mtf.launch", "--gin_file=gin/mt0_tiny.gin", f"--gin.MODEL_DIR={tmp_path / 'a'}",
+            "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}")
+    quiet = run(*args)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in NOISE)], (
+        quiet.stderr)
+    assert "done: step 1" in quiet.stdout
+    verbose = run(*args[:2], f"--gin.MODEL_DIR={tmp_path / 'b'}", *args[3:], "--verbose")
+    assert verbose.returncode == 0 and any(n in verbose.stderr for n in NOISE)

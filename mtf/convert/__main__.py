@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--to hf: the SentencePiece model to write as the tokenizer")
     parser.add_argument("source")
     parser.add_argument("target")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
     args = parser.parse_args(argv)
+    from mtf import quiet
+
+    quiet.start(args.verbose)
 
     from mtf.convert import (
         infer_config,
