@@ -1,6 +1,7 @@
 """The embedded mini-xP3: languages, held-out parts, prompts, vocabulary, the CLI."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -101,19 +102,53 @@ def test_cli_lists_shows_and_reports_truncation(capsys):
         tasks_cli.main(["show", "nope"])
 
 
-def test_readme_worked_example_adds_a_language_and_task(tmp_path, monkeypatch):
-    """The README's 'Add your own task' blocks, run as written."""
+@pytest.mark.slow
+def test_readme_add_your_own_task_as_written(tmp_path):
+    """The README's 'Add your own task', followed literally in a copy of the repository:
+    its files written where it says, `capitals` added to tasks/__init__.py's import line as
+    ruff sorts it (ruff must pass), its commands run from another directory, offline and
+    without MTF_VOCABULARY."""
+    import shutil
+    import subprocess
+    import sys
+
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Add your own task"):]
+    section = readme[readme.index("## Add your own task"):readme.index("## Layout")]
     blocks = dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", section, re.S))
-    assert set(blocks) == {"capitals.yaml", "capitals_sw.jsonl", "tasks/capitals.py"}
-    monkeypatch.chdir(tmp_path)
+    assert set(blocks) == {"tasks/capitals.yaml", "tasks/capitals_sw.jsonl",
+                           "tasks/capitals.py"}
+    commands = re.search(r"<!-- commands -->\n```bash\n(.*?)```", section, re.S)[1]
+    repo = tmp_path / "repo"
+    for part in ("mtf", "tasks", "gin"):
+        shutil.copytree(ROOT / part, repo / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
     for name, text in blocks.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    exec(compile(blocks["tasks/capitals.py"], "tasks/capitals.py", "exec"), {})
-    task = seqio.get_mixture_or_task("capitals_sw")
-    inputs = {e["inputs_pretokenized"].decode() for split in task.splits
-              for e in task.get_dataset(None, split, shuffle=False).as_numpy_iterator()}
-    assert "What is the capital of Kenya?" in inputs
-    assert "Mji mkuu wa Kenya ni upi?" in inputs
+        (repo / name).write_text(text, encoding="utf-8")
+    init = repo / "tasks" / "__init__.py"
+    line = "from tasks import crosslingual, heldout, mini_xp3, xp3  # noqa: F401"
+    assert line in init.read_text()
+    init.write_text(init.read_text().replace(line, line.replace("import ", "import capitals, ")))
+    lint = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "tasks"],
+                          cwd=repo, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MTF_VOCABULARY", "XP3_DIR")}
+    env.update(PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+    outputs = []
+    for command in commands.strip().splitlines():
+        command = command.replace("python ", f"{sys.executable} ", 1).replace(
+            "/tmp/mtf/my_mixture", str(tmp_path / "run"))
+        if "mtf.launch" in command:
+            command += (" --gin.TRAIN_STEPS=2 --gin.BATCH_SIZE=4"
+                        " \"--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}\"")
+        result = subprocess.run(command, shell=True, cwd=elsewhere, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout)
+    shown = [json.loads(line) for line in outputs[0].splitlines() if line.startswith("{")]
+    inputs = {e["inputs"] for e in shown}
+    assert any("What is the capital of" in i for i in inputs)
+    assert any("Mji mkuu wa" in i for i in inputs)
+    assert "done: step 2" in outputs[1]

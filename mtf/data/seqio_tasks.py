@@ -184,8 +184,35 @@ def register_task(name: str, examples_fn: Callable[[], Iterable[Mapping[str, Any
     )
 
 
+_PENDING_MIXTURES: dict[str, list[tuple[str, float | Callable]]] = {}
+
+
 def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float | Callable]],
-                     replace: bool = True) -> seqio.Mixture:
+                     replace: bool = True) -> seqio.Mixture | None:
+    """Registers a mixture; one that names tasks not registered yet (a module imported
+    before the one defining them) waits until `register_pending_mixtures()`, which
+    `import tasks` calls last, so the order of imports in tasks/__init__.py never matters."""
+    entries = list(tasks_and_rates)
+    known = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
+    if any(task not in known for task, _ in entries):
+        _PENDING_MIXTURES[name] = entries
+        return None
     if replace and name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
-    return seqio.MixtureRegistry.add(name, list(tasks_and_rates))
+    _PENDING_MIXTURES.pop(name, None)
+    return seqio.MixtureRegistry.add(name, entries)
+
+
+def register_pending_mixtures() -> None:
+    """Registers the waiting mixtures; one whose tasks never came is an error naming them."""
+    for _ in range(len(_PENDING_MIXTURES) + 1):  # mixtures of mixtures resolve in turns
+        for name, entries in list(_PENDING_MIXTURES.items()):
+            register_mixture(name, entries)
+    if _PENDING_MIXTURES:
+        known = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
+        missing = {name: sorted(t for t, _ in entries if t not in known)
+                   for name, entries in _PENDING_MIXTURES.items()}
+        _PENDING_MIXTURES.clear()
+        raise SettingError(f"mixtures name tasks that no module registers: {missing}; check "
+                           "the names, and that the defining module is imported in "
+                           "tasks/__init__.py")
