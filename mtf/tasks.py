@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -135,8 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=1024)
     p.add_argument("--split", default="train")
     p.add_argument("--max_examples", type=int, default=2000)
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from mtf import quiet
+
+    quiet.start(args.verbose)
     import tasks  # noqa: F401  registers everything
     from mtf.data import records
 
