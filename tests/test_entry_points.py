@@ -186,5 +186,8 @@ def test_commands_start_quietly_unless_verbose(tmp_path):
     assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in NOISE)], (
         quiet.stderr)
     assert "done: step 1" in quiet.stdout
-    verbose = run(*args[:2], f"--gin.MODEL_DIR={tmp_path / 'b'}", *args[3:], "--verbose")
+    listing = ("mtf.tasks", "list", "--filter", "no_such_task")
+    quiet_listing = run(*listing)
+    assert quiet_listing.returncode == 0 and not any(n in quiet_listing.stderr for n in NOISE)
+    verbose = run(listing[0], "--verbose", *listing[1:])
     assert verbose.returncode == 0 and any(n in verbose.stderr for n in NOISE)
