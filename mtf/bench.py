@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -97,8 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
     p.add_argument("--loss_chunks", type=int, default=1,
                    help="pieces of the target length the fused loss projects at a time")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep TensorFlow's, absl's and libtpu's start-up messages")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from mtf import quiet
+
+    quiet.start(args.verbose)
     result = train_bench(args)
     print(json.dumps(result))
     return 0

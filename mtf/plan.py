@@ -35,6 +35,9 @@ from mtf import hardware
 GIB = hardware.GIB
 
 
+_QUIET = False  # the CLI without --verbose drops libtpu's start-up lines
+
+
 def _environment(slice_: hardware.Slice) -> str:
     """Sets up, before jax is imported, the devices to compile for; says which they are."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -213,7 +216,10 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
     from mtf.data import batches
 
     arguments = train_arguments()
-    devices = _devices(slice_, how)
+    from mtf import quiet
+
+    with quiet.native_stderr_silenced(_QUIET):  # libtpu's notes on worker hostnames
+        devices = _devices(slice_, how)
     mesh = partitioning.make_mesh(arguments["mesh_shape"], devices)
     program, _ = train.step_program(mesh, **arguments)
     model = arguments["model_config"]
@@ -332,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min_headroom", type=float, default=0.0,
                         help="exit 1 unless this fraction of HBM is left (0.15: 15%%)")
     parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
     from mtf.config import split_gin_flags
 
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -343,7 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     how = _environment(slice_)
-    from mtf import config
+    from mtf import config, quiet
+
+    quiet.start(args.verbose)
+    global _QUIET
+    _QUIET = not args.verbose
 
     try:
         # nothing is written: a run directory is not needed to plan

@@ -88,6 +88,9 @@ def test_mt0_small_on_v4_8_does_not_fit_and_says_what_to_change(tmp_path):
     assert any("NUM_MICROBATCHES" in tip for tip in report["advice"])
     assert any("LOSS_CHUNKS" in tip for tip in report["advice"])
     check_memory_figures(report)
+    # Quiet: neither TensorFlow's nor libtpu's start-up lines (issue 12).
+    assert not any(n in done.stderr for n in ("oneDNN", "absl::InitializeLog",
+                                              "TPU_WORKER_HOSTNAMES")), done.stderr[-2000:]
 
 
 def test_loop_free_cost_extends_to_the_full_depth_exactly(tmp_path):
