@@ -123,13 +123,6 @@ def listdir(p: str | os.PathLike) -> list[str]:
         raise _wrap(os.fspath(p), "list", e) from e
 
 
-def makedirs(p: str | os.PathLike) -> None:
-    try:
-        epath.Path(p).mkdir(parents=True, exist_ok=True)
-    except Exception as e:
-        raise _wrap(os.fspath(p), "create folder", e) from e
-
-
 def open_read(p: str | os.PathLike) -> IO[bytes]:
     """A binary file object; FileNotFoundError names the path."""
     try:
