@@ -171,7 +171,10 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
                  bias: Array | None = None, *, decode: bool = False,
-                 deterministic: bool = True) -> Array:
+                 deterministic: bool = True, cross_cache: str | None = None) -> Array:
+        """cross_cache (decoding, encoder-decoder attention): 'fill' projects the encoded
+        keys/values once and stores them, 'read' uses the stored ones instead of projecting
+        the whole input again at every generated token."""
         depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
 
         def query_init(*args):
@@ -180,10 +183,17 @@ class MultiHeadAttention(nn.Module):
         project = functools.partial(Dense, features=(self.num_heads, self.head_dim),
                                     kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
         query = project(kernel_init=query_init, name="query")(inputs_q)
-        key = project(kernel_init=self.kernel_init, name="key")(inputs_kv)
-        value = project(kernel_init=self.kernel_init, name="value")(inputs_kv)
         qkv_axes = ("batch", "length", "heads", "kv")
+        if cross_cache == "read":
+            key = self.get_variable("cache", "cached_cross_key")
+            value = self.get_variable("cache", "cached_cross_value")
+        else:
+            key = project(kernel_init=self.kernel_init, name="key")(inputs_kv)
+            value = project(kernel_init=self.kernel_init, name="value")(inputs_kv)
         query, key, value = (constrain(t, qkv_axes) for t in (query, key, value))
+        if cross_cache == "fill":
+            self.put_variable("cache", "cached_cross_key", key)
+            self.put_variable("cache", "cached_cross_value", value)
 
         if decode:
             key, value, mask, bias = self._use_cache(query, key, value, mask, bias)

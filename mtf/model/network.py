@@ -62,6 +62,7 @@ class DecoderLayer(nn.Module):
     config: T5Config
     deterministic: bool = True
     decode: bool = False
+    cross_cache: str | None = None  # see MultiHeadAttention
 
     @nn.compact
     def __call__(self, inputs: Array, encoded: Array, self_mask: Array | None,
@@ -73,7 +74,8 @@ class DecoderLayer(nn.Module):
         x = constrain(_dropout(cfg, x, det) + inputs, EMBED_AXES)
         y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_mask,
-                                                         deterministic=det)
+                                                         deterministic=det,
+                                                         cross_cache=self.cross_cache)
         y = constrain(_dropout(cfg, y, det) + x, EMBED_AXES)
         z = _norm(cfg, "pre_mlp_layer_norm")(y)
         z = _mlp(cfg)(z, deterministic=det)
@@ -138,7 +140,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, encoded: Array, tokens: Array, self_mask: Array | None,
                  cross_mask: Array | None, deterministic: bool = True, decode: bool = False,
-                 max_decode_length: int | None = None, return_hidden: bool = False) -> Array:
+                 max_decode_length: int | None = None, return_hidden: bool = False,
+                 cross_cache: str | None = None) -> Array:
         cfg = self.config
         length = max_decode_length if decode and max_decode_length else tokens.shape[-1]
         bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
@@ -148,7 +151,8 @@ class Decoder(nn.Module):
         y = self.shared_embedding(tokens)
         y = _dropout(cfg, y, deterministic).astype(cfg.activation_dtype)
         y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
-                        {"deterministic": deterministic, "decode": decode},
+                        {"deterministic": deterministic, "decode": decode,
+                         "cross_cache": cross_cache},
                         (encoded, self_mask, cross_mask, bias))
         y = _norm(cfg, "decoder_norm")(y)
         y = _dropout(cfg, y, deterministic)
@@ -193,9 +197,10 @@ class Transformer(nn.Module):
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, enable_dropout: bool = True,
                decode: bool = False, max_decode_length: int | None = None,
-               return_hidden: bool = False) -> Array:
+               return_hidden: bool = False, cross_cache: str | None = None) -> Array:
         """Decoder logits (or, with `return_hidden`, the states the logits project from);
-        with `decode=True`, one step against the cache.
+        with `decode=True`, one step against the cache (`cross_cache`: 'fill' on the first
+        step stores the encoder-decoder keys/values, 'read' reuses them).
 
         Positions are implied by the sequence index (relative attention within a packed
         segment does not depend on where the segment starts), so `decoder_positions` is
@@ -212,7 +217,8 @@ class Transformer(nn.Module):
                                      decoder_segment_ids, encoder_segment_ids)
         return self.decoder(encoded, decoder_input_tokens, self_mask, cross,
                             deterministic=not enable_dropout, decode=decode,
-                            max_decode_length=max_decode_length, return_hidden=return_hidden)
+                            max_decode_length=max_decode_length, return_hidden=return_hidden,
+                            cross_cache=cross_cache)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
@@ -220,10 +226,10 @@ class Transformer(nn.Module):
                  encoder_positions: Array | None = None,
                  decoder_positions: Array | None = None, *, enable_dropout: bool = True,
                  decode: bool = False, max_decode_length: int | None = None,
-                 return_hidden: bool = False) -> Array:
+                 return_hidden: bool = False, cross_cache: str | None = None) -> Array:
         del encoder_positions  # see `decode`: relative attention needs no absolute positions
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                            decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
                            decoder_positions, enable_dropout, decode, max_decode_length,
-                           return_hidden)
+                           return_hidden, cross_cache)

@@ -1,0 +1,257 @@
+"""Autoregressive decoding on the model's key/value cache: greedy, sampling, beam search.
+
+Written here because the maintained decoders are tied to their own models (HF `generate`
+to torch modules; T5X's `decoding.py` is not on PyPI and pins git heads); the beam search
+follows T5X's (alive/finished beams, brevity penalty ((5 + length) / 6) ** alpha, early
+stop when no alive beam can beat the worst finished one).
+
+Conventions (T5's): decoding starts from token 0, stops at EOS (1), and never emits the
+pad token 0. A hypothesis that reaches `max_decode_length` without EOS ends there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mtf import partitioning
+from mtf.errors import SettingError
+from mtf.model import T5Config, Transformer, logical_axes
+
+PAD_ID, EOS_ID = 0, 1
+NEG_INF = -1.0e7  # finite, so sums of impossible scores stay ordered
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How to generate. temperature 0 is greedy; beam_size > 1 is beam search."""
+
+    max_decode_length: int = 64
+    beam_size: int = 1
+    alpha: float = 0.6  # T5X's brevity penalty exponent (beam search only)
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1: no nucleus filter
+    num_samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_decode_length < 1:
+            raise SettingError(f"max_decode_length={self.max_decode_length} must be >= 1")
+        if self.beam_size < 1:
+            raise SettingError(f"beam_size={self.beam_size} must be >= 1")
+        if self.temperature < 0:
+            raise SettingError(f"temperature={self.temperature} must be >= 0 (0: greedy)")
+        if self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise SettingError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in "
+                               "(0, 1]")
+        if self.num_samples < 1:
+            raise SettingError(f"num_samples={self.num_samples} must be >= 1")
+        if self.beam_size > 1 and self.temperature > 0:
+            raise SettingError("choose beam search (beam_size > 1) or sampling "
+                               "(temperature > 0), not both")
+
+    @property
+    def outputs_per_input(self) -> int:
+        return self.beam_size if self.beam_size > 1 else self.num_samples
+
+
+@dataclasses.dataclass
+class Decoded:
+    """tokens [batch, n, max_decode_length] (EOS kept, then 0s); n = beams (best first) or
+    samples. scores: the beam score (log-likelihood / brevity penalty), or for greedy and
+    sampling the log-likelihood; log_likelihoods: the model's summed log-probabilities."""
+
+    tokens: np.ndarray
+    scores: np.ndarray
+    log_likelihoods: np.ndarray
+
+
+def brevity_penalty(alpha: float, length: jax.Array | int) -> jax.Array:
+    """T5X's length penalty: ((5 + length) / 6) ** alpha."""
+    return jnp.power((5.0 + jnp.asarray(length, jnp.float32)) / 6.0, alpha)
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Logits outside the top-k, or outside the smallest set whose probability reaches
+    top_p (the most likely token always stays), set to NEG_INF."""
+    if top_k:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above
+        keep_sorted = before < top_p
+        keep = jnp.zeros_like(keep_sorted).at[
+            jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, NEG_INF)
+    return logits
+
+
+def _step_fn(model: Transformer, params: Any, encoded: jax.Array, encoder_tokens: jax.Array,
+             length: int):
+    """(cache, tokens [b, 1], mode) -> (log-probabilities [b, vocab], cache)."""
+
+    def step(cache, tokens, mode):
+        logits, variables = model.apply(
+            {"params": params, "cache": cache}, encoded, encoder_tokens, tokens, tokens,
+            enable_dropout=False, decode=True, max_decode_length=length, cross_cache=mode,
+            mutable=["cache"], method=Transformer.decode)
+        log_probs = jax.nn.log_softmax(logits[:, -1, :].astype(jnp.float32))
+        return log_probs.at[:, PAD_ID].set(NEG_INF), variables["cache"]
+
+    return step
+
+
+def _empty_cache(model: Transformer, batch: int, input_length: int, length: int) -> Any:
+    tokens = jnp.ones((batch, length), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.ones((batch, input_length), jnp.int32), tokens, tokens,
+        enable_dropout=False, decode=True, max_decode_length=length, cross_cache="fill"))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
+    """Greedy (temperature 0) or sampling: one token per row per step until all hit EOS."""
+    length = cfg.max_decode_length
+    log_probs, cache = step(cache, jnp.zeros((batch, 1), jnp.int32), "fill")
+
+    def choose(log_probs, key):
+        if cfg.temperature == 0.0:
+            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+        logits = filter_logits(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
+        return jax.random.categorical(key, logits).astype(jnp.int32)
+
+    def body(carry):
+        i, log_probs, cache, out, total, done, key = carry
+        key, sub = jax.random.split(key)
+        token = jnp.where(done, PAD_ID, choose(log_probs, sub))
+        total = total + jnp.where(done, 0.0, jnp.take_along_axis(
+            log_probs, token[:, None], axis=-1)[:, 0])
+        out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
+        done = done | (token == EOS_ID)
+        log_probs, cache = step(cache, token[:, None], "read")
+        return i + 1, log_probs, cache, out, total, done, key
+
+    def cond(carry):
+        return (carry[0] < length) & ~jnp.all(carry[5])
+
+    init = (jnp.int32(0), log_probs, cache, jnp.zeros((batch, length), jnp.int32),
+            jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), bool), rng)
+    _, _, _, out, total, _, _ = jax.lax.while_loop(cond, body, init)
+    return out[:, None], total[:, None], total[:, None]
+
+
+def _gather_beams(tree: Any, beams: jax.Array, batch: int, beam_size: int) -> Any:
+    """Reorders the [batch * beam, ...] self-attention cache by the chosen source beams."""
+    flat = (jnp.arange(batch)[:, None] * beam_size + beams).reshape(-1)
+
+    def gather(path, x):
+        name = jax.tree_util.keystr(path)
+        if x.ndim < 4 or "cross" in name:  # indices, and the per-example encoder cache
+            return x
+        return jnp.take(x, flat, axis=x.ndim - 4)  # [layers,] batch, length, heads, kv
+
+    return jax.tree_util.tree_map_with_path(gather, tree)
+
+
+def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
+    """T5X-style beam search over a cache already holding `beam_size` rows per example."""
+    k, length = cfg.beam_size, cfg.max_decode_length
+    log_probs, cache = step(cache, jnp.zeros((batch * k, 1), jnp.int32), "fill")
+    vocab = log_probs.shape[-1]
+    if 2 * k > k * vocab:
+        raise SettingError(f"beam_size {k} needs a vocabulary of at least 2 tokens")
+    max_penalty = brevity_penalty(cfg.alpha, length)
+
+    def body(carry):
+        (i, log_probs, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp) = carry
+        candidates = (alive_lp[:, :, None] + log_probs.reshape(batch, k, vocab))
+        top_lp, top_index = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)
+        source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        seqs = jnp.take_along_axis(alive_seq, source[:, :, None], axis=1)
+        seqs = jax.lax.dynamic_update_slice(seqs, token[:, :, None], (0, 0, i))
+        ends = (token == EOS_ID) | (i == length - 1)
+        new_score = jnp.where(ends, top_lp / brevity_penalty(cfg.alpha, i + 1), NEG_INF)
+        new_lp = jnp.where(ends, top_lp, NEG_INF)
+        all_score = jnp.concatenate([fin_score, new_score], axis=1)
+        fin_score, keep = jax.lax.top_k(all_score, k)
+        fin_seq = jnp.take_along_axis(jnp.concatenate([fin_seq, seqs], axis=1),
+                                      keep[:, :, None], axis=1)
+        fin_lp = jnp.take_along_axis(jnp.concatenate([fin_lp, new_lp], axis=1), keep, axis=1)
+        alive_lp, chosen = jax.lax.top_k(jnp.where(token == EOS_ID, NEG_INF, top_lp), k)
+        alive_seq = jnp.take_along_axis(seqs, chosen[:, :, None], axis=1)
+        cache = _gather_beams(cache, jnp.take_along_axis(source, chosen, axis=1), batch, k)
+        next_token = jnp.take_along_axis(token, chosen, axis=1).reshape(batch * k, 1)
+        log_probs, cache = step(cache, next_token, "read")
+        return (i + 1, log_probs, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp)
+
+    def cond(carry):
+        i, alive_lp, fin_score = carry[0], carry[4], carry[6]
+        best_alive = alive_lp[:, 0] / max_penalty  # no alive beam can score better later
+        settled = jnp.all(jnp.min(fin_score, axis=1) > best_alive) if cfg.alpha >= 0 else False
+        return (i < length) & ~settled
+
+    alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
+    zeros = jnp.zeros((batch, k, length), jnp.int32)
+    empty = jnp.full((batch, k), NEG_INF, jnp.float32)
+    init = (jnp.int32(0), log_probs, cache, zeros, alive_lp, zeros, empty, empty)
+    out = jax.lax.while_loop(cond, body, init)
+    return out[5], out[6], out[7]
+
+
+def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
+                 config: T5Config, decode: DecodeConfig) -> tuple[jax.Array, ...]:
+    """(tokens [b, n, L], scores [b, n], log-likelihoods [b, n]) for one batch of inputs."""
+    model = Transformer(config.replace(dropout_rate=0.0, remat_policy="none"))
+    batch, input_length = encoder_tokens.shape
+    rows = decode.outputs_per_input
+    encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False,
+                          method=Transformer.encode)
+    if rows > 1:  # every beam / sample gets its own cache rows
+        encoded = jnp.repeat(encoded, rows, axis=0)
+        encoder_tokens = jnp.repeat(encoder_tokens, rows, axis=0)
+    step = _step_fn(model, params, encoded, encoder_tokens, decode.max_decode_length)
+    cache = _empty_cache(model, batch * rows, input_length, decode.max_decode_length)
+    if decode.beam_size > 1:
+        return _beam_search(step, cache, batch, decode)
+    tokens, scores, lls = _sample(step, cache, batch * rows, decode, rng)
+    return (tokens.reshape(batch, rows, -1), scores.reshape(batch, rows),
+            lls.reshape(batch, rows))
+
+
+def params_shardings(config: T5Config, mesh: Mesh) -> Any:
+    """The parameters' shardings on `mesh` under the training rule table."""
+    return partitioning.logical_to_sharding(logical_axes(config), mesh)
+
+
+class Decoder:
+    """`decode_batch` jitted on a mesh with the training rules (parameters sharded as in
+    training, the batch over the data axes), compiled once per input shape."""
+
+    def __init__(self, config: T5Config, decode: DecodeConfig, mesh: Mesh) -> None:
+        self.config, self.decode, self.mesh = config, decode, mesh
+        self.batch_sharding = partitioning.batch_sharding(mesh)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._jitted = jax.jit(
+            functools.partial(decode_batch, config=config, decode=decode),
+            in_shardings=(params_shardings(config, mesh), self.batch_sharding, replicated))
+        self._rng = jax.random.key(decode.seed)
+
+    def __call__(self, params: Any, encoder_tokens: np.ndarray) -> Decoded:
+        batch = encoder_tokens.shape[0]
+        self._rng, key = jax.random.split(self._rng)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
+            tokens, scores, lls = self._jitted(params, jnp.asarray(encoder_tokens, jnp.int32),
+                                               key)
+        tokens, scores, lls = (np.asarray(x)[:batch] for x in (tokens, scores, lls))
+        return Decoded(tokens, scores, lls)
