@@ -154,3 +154,38 @@ def test_bad_decode_settings_are_named():
         decode.DecodeConfig(beam_size=4, temperature=0.5)
     with pytest.raises(SettingError, match="top_p"):
         decode.DecodeConfig(top_p=0.0)
+
+
+def _hf_choice_log_likelihood(model, prompt, choice):
+    """HF MT5's summed log-probabilities of `choice` (EOS included) given `prompt`."""
+    with torch.no_grad():
+        labels = torch.tensor([choice], dtype=torch.long)
+        logits = model(input_ids=torch.tensor([prompt], dtype=torch.long),
+                       labels=labels).logits[0]
+    return float(torch.log_softmax(logits.double(), -1).gather(1, labels.T).sum())
+
+
+@pytest.mark.parametrize("length_normalized", [False, True])
+def test_rank_classification_equals_hf_log_likelihoods(tmp_path, mesh, length_normalized):
+    from mtf import score
+
+    model, config, params = _hf_and_ours(tmp_path, "odd", seed=8)
+    rng = np.random.default_rng(0)
+
+    def tokens(n):
+        return [int(t) for t in rng.integers(2, config.vocab_size, n)] + [1]
+
+    prompts = [tokens(n) for n in (5, 11, 3, 8, 9)]
+    choices = [[tokens(n) for n in lengths] for lengths in
+               ([1, 4], [2, 2, 6], [5, 1, 3, 2], [3], [7, 2])]
+    scorer = score.Scorer(config, mesh, batch_size=2, input_length=12, target_length=8,
+                          rows=5)
+    scored = scorer.score(params, prompts, choices, length_normalized=length_normalized)
+    for prompt, options, got, prediction in zip(prompts, choices, scored.scores,
+                                                scored.predictions, strict=True):
+        want = [_hf_choice_log_likelihood(model, prompt, c) / (len(c) if length_normalized
+                                                                else 1) for c in options]
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        assert prediction == int(np.argmax(want))
+    with pytest.raises(SettingError, match="does not fit the length 8"):
+        scorer.score(params, [prompts[0]], [[tokens(9)]])
