@@ -197,7 +197,7 @@ class Checkpoints:
         return restored["state"], dict(restored["data"]), saved
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
     """'mtf' (config.json + params/, or a run's checkpoints/<step>), 't5x' (a `checkpoint`
     msgpack file or folder), 'hf' (config.json + *.safetensors / pytorch_model.bin), or an
     error naming what is there."""
@@ -205,7 +205,7 @@ def detect_format(path: str) -> str:
 
     p = storage.path(path)
     if not p.exists():
-        raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
+        raise CheckpointError(f"{setting}={path} does not exist")
     if p.is_file() or (p / "checkpoint").exists():  # T5X: a msgpack file, or a dir holding one
         return "t5x"
     if ((p / "config.json").exists() and (p / "params").exists()) or is_train_step(path):
@@ -214,7 +214,7 @@ def detect_format(path: str) -> str:
     if (p / "config.json").exists() and any(n.endswith((".safetensors", ".bin")) or
                                             n.endswith(".index.json") for n in names):
         return "hf"
-    raise CheckpointError(f"INITIAL_CHECKPOINT_PATH={path} is not an mtf, T5X or Hugging Face "
+    raise CheckpointError(f"{setting}={path} is not an mtf, T5X or Hugging Face "
                           f"checkpoint (found {sorted(names)[:10]})")
 
 
@@ -223,11 +223,12 @@ def _shape_summary(c: T5Config) -> str:
             f"mlp {c.mlp_dim}, layers {c.num_encoder_layers}/{c.num_decoder_layers}")
 
 
-def load_initial_params(path: str, config: T5Config) -> Any:
+def load_initial_params(path: str, config: T5Config,
+                        setting: str = "INITIAL_CHECKPOINT_PATH") -> Any:
     """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
     from mtf.convert import load_hf, load_params, load_t5x
 
-    fmt = detect_format(path)
+    fmt = detect_format(path, setting)
     logging.info("initial checkpoint %s (%s format)", path, fmt)
     if fmt == "t5x":
         return load_t5x(path, config)
@@ -235,7 +236,7 @@ def load_initial_params(path: str, config: T5Config) -> Any:
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
         flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),
-        f"INITIAL_CHECKPOINT_PATH={path} (a model of {_shape_summary(loaded_config)}; the gin "
+        f"{setting}={path} (a model of {_shape_summary(loaded_config)}; the gin "
         f"config asks for {_shape_summary(config)}: include the matching gin/models/mt5_*.gin)")
     if config.scan_layers and not loaded_config.scan_layers:
         from mtf.model import scan_params

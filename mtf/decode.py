@@ -74,6 +74,16 @@ class Decoded:
     log_likelihoods: np.ndarray
 
 
+def until_eos(tokens: np.ndarray) -> list[int]:
+    """The generated ids before the first EOS (what the vocabulary decodes)."""
+    out = []
+    for t in np.asarray(tokens).tolist():
+        if t == EOS_ID:
+            break
+        out.append(t)
+    return out
+
+
 def brevity_penalty(alpha: float, length: jax.Array | int) -> jax.Array:
     """T5X's length penalty: ((5 + length) / 6) ** alpha."""
     return jnp.power((5.0 + jnp.asarray(length, jnp.float32)) / 6.0, alpha)
@@ -234,6 +244,11 @@ def params_shardings(config: T5Config, mesh: Mesh) -> Any:
     return partitioning.logical_to_sharding(logical_axes(config), mesh)
 
 
+def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The same host array on every process -> one global array on `sharding`."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 class Decoder:
     """`decode_batch` jitted on a mesh with the training rules (parameters sharded as in
     training, the batch over the data axes), compiled once per input shape."""
@@ -244,14 +259,16 @@ class Decoder:
         replicated = NamedSharding(mesh, PartitionSpec())
         self._jitted = jax.jit(
             functools.partial(decode_batch, config=config, decode=decode),
-            in_shardings=(params_shardings(config, mesh), self.batch_sharding, replicated))
+            in_shardings=(params_shardings(config, mesh), self.batch_sharding, replicated),
+            out_shardings=replicated)
         self._rng = jax.random.key(decode.seed)
 
     def __call__(self, params: Any, encoder_tokens: np.ndarray) -> Decoded:
         batch = encoder_tokens.shape[0]
         self._rng, key = jax.random.split(self._rng)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
-            tokens, scores, lls = self._jitted(params, jnp.asarray(encoder_tokens, jnp.int32),
-                                               key)
+            tokens, scores, lls = self._jitted(
+                params, global_array(np.asarray(encoder_tokens, np.int32), self.batch_sharding),
+                key)
         tokens, scores, lls = (np.asarray(x)[:batch] for x in (tokens, scores, lls))
         return Decoded(tokens, scores, lls)

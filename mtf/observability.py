@@ -102,7 +102,8 @@ class MetricsWriter:
         self.tensorboard = tf.summary.create_file_writer(
             os.path.join(self.mirror.local, "tensorboard", "train"))
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    def write(self, step: int, scalars: Mapping[str, float], progress: bool = True) -> None:
+        """Appends to metrics.jsonl and TensorBoard; `progress` also prints the step line."""
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in scalars.items()}}
@@ -114,7 +115,8 @@ class MetricsWriter:
                     self.tf.summary.scalar(key, value)
         self.tensorboard.flush()
         self.mirror.sync()
-        self._print(step, scalars)
+        if progress:
+            self._print(step, scalars)
 
     def _print(self, step: int, scalars: Mapping[str, float]) -> None:
         width = 30

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gin
 
-from mtf import train
+from mtf import eval_loop, train
 from mtf.errors import SettingError
 
 MODES = ("train", "eval", "infer")
 
 
-def run(mode: str = "train") -> train.TrainResult:
-    """Dispatches to the configured loop: `train` today; eval and infer land with their issue."""
-    if mode == "train":
-        return gin.get_configurable(train.train)()
-    if mode in MODES:
-        raise SettingError(f"run mode {mode!r} is not available yet; it lands with the "
-                           "evaluation/inference issue. Use runs.run.mode = 'train'")
-    raise SettingError(f"runs.run.mode={mode!r}: choose one of {MODES}")
+def run(mode: str = "train") -> Any:
+    """Dispatches to the configured loop: gin/runs/finetune.gin, eval.gin or infer.gin."""
+    loops = {"train": train.train, "eval": eval_loop.evaluate, "infer": eval_loop.infer}
+    if mode not in loops:
+        raise SettingError(f"runs.run.mode={mode!r}: choose one of {MODES}")
+    return gin.get_configurable(loops[mode])()

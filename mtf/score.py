@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import losses, partitioning
-from mtf.decode import params_shardings
+from mtf.decode import global_array, params_shardings
 from mtf.errors import SettingError
 from mtf.model import T5Config, Transformer, output_projection
 
@@ -65,10 +65,10 @@ class Scorer:
                                                                   target_length)
         self.rows, self.mesh = rows, mesh
         data = partitioning.batch_sharding(mesh)
-        rows_sharding = NamedSharding(mesh, PartitionSpec(data.spec[0]))
+        self._shardings = (data, NamedSharding(mesh, PartitionSpec(data.spec[0])), data)
         self._jitted = jax.jit(functools.partial(score_rows, config=config, chunks=chunks),
-                               in_shardings=(params_shardings(config, mesh), data,
-                                             rows_sharding, data))
+                               in_shardings=(params_shardings(config, mesh), *self._shardings),
+                               out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     def score(self, params: Any, prompts: Sequence[Sequence[int]],
               choices: Sequence[Sequence[Sequence[int]]], length_normalized: bool = False
@@ -106,7 +106,9 @@ class Scorer:
                 _put(targets, row, option, "answer choice")
                 row += 1
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
-            sums, counts = self._jitted(params, enc, row_example, targets)
+            sums, counts = self._jitted(params, *(
+                global_array(x, s) for x, s in zip((enc, row_example, targets), self._shardings,
+                                                   strict=True)))
         sums, counts = np.asarray(sums), np.asarray(counts)
         if length_normalized:
             sums = sums / np.maximum(counts, 1)

@@ -24,11 +24,13 @@ from jax.sharding import NamedSharding
 
 from mtf import (
     checkpoint,
+    evaluation,
     flops,
     observability,
     optim,
     partitioning,
     program,
+    report,
     runlock,
     state,
     step,
@@ -195,6 +197,29 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
     return fresh, 0, "random initialisation"
 
 
+def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
+               eval_config: evaluation.EvalConfig | None) -> evaluation.Evaluator | None:
+    """The in-training evaluator (EVAL_PERIOD and EVAL_MIXTURE set), its examples read now
+    so a bad evaluation task fails before the first step rather than after hours."""
+    if not eval_period or eval_config is None or not eval_config.mixture_or_task_name:
+        return None
+    evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
+    evaluator.examples()
+    return evaluator
+
+
+def _evaluate(evaluator: evaluation.Evaluator, params, step_number: int, model_dir: str,
+              writer: observability.MetricsWriter, source: str) -> None:
+    """Scores the current parameters; report in MODEL_DIR/eval/step_N, numbers logged."""
+    result = evaluator.run(params)
+    result.update(step=step_number, checkpoint=f"{model_dir} at step {step_number} ({source})")
+    writer.write(step_number, report.scalars(result), progress=False)
+    if jax.process_index() == 0:
+        paths = report.write(storage.join(model_dir, "eval", f"step_{step_number}"), result)
+        print(f"evaluation at step {step_number}:\n{report.summary(result)}\nreport: "
+              f"{paths['md']} and {paths['png']}", flush=True)
+
+
 def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
     """Process 0 takes MODEL_DIR's run lock; every process fails alike when it is held."""
     lock, refused = (runlock.RunLock(model_dir) if chief else None), ""
@@ -236,7 +261,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
           initial_checkpoint_path: str | None = None,
           checkpoint_config: checkpoint.CheckpointConfig | None = None,
           log_period: int = 10, seed: int = 0,
-          peak_flops_per_device: float | None = None) -> TrainResult:
+          peak_flops_per_device: float | None = None, eval_period: int | None = None,
+          eval_config: evaluation.EvalConfig | None = None) -> TrainResult:
     """Trains `model_config` on `data` until step `train_steps` (the same target when it
     resumes; pretraining steps are not counted), see the module doc."""
     data = data or batches.DataConfig()
@@ -259,6 +285,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
             weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
+        evaluator = _evaluator(model_config, mesh, eval_period, eval_config)
         ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
         train_state, position, source = _restore_or_init(
             model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
@@ -324,6 +351,9 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                 if save_now or stop_now:
                     ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
                     save_clock.saved()
+                if evaluator is not None and not stop_now and (
+                        done % eval_period == 0 or done == train_steps):
+                    _evaluate(evaluator, train_state.params, done, model_dir, writer, source)
                 if stop_now:
                     if chief:
                         print(f"preempted: saved step {done}; rerun the same command to resume",

@@ -3,12 +3,16 @@
 Training mixture `mini_xp3`: one task per language (`mini_xp3_<lang>`), four task types,
 English and in-language prompts. Held out (`mini_xp3_heldout`): the task type
 `currency_from_english` in every training language, and every task type in the held-out
-languages, to measure zero-shot task and language generalisation.
+languages, to measure zero-shot task and language generalisation. Held-out examples are
+also rank-classification ones, as the paper's held-out sets: the target among up to three
+other targets of the same prompt and language (chance is 25%), beside generation metrics.
 """
 
 from __future__ import annotations
 
 import functools
+import random
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,11 +70,35 @@ def examples(language: str, task_types: tuple[str, ...], prompts: str = "both"
     return tuple(out)
 
 
+@functools.cache
+def choice_examples(language: str, task_types: tuple[str, ...]) -> tuple[dict, ...]:
+    """`examples` with answer choices: the target and up to 3 other targets of the same
+    task type, template and language, in an order fixed by the prompt's hash. A prompt
+    whose group has a single distinct target is left out (nothing to choose between)."""
+    plain = examples(language, task_types)
+    pools: dict[tuple[int, str], list[str]] = {}
+    for e in plain:
+        pool = pools.setdefault((e["task_id"], e["template"]), [])
+        if e["targets"] not in pool:
+            pool.append(e["targets"])
+    out = []
+    for e in plain:
+        others = [t for t in pools[(e["task_id"], e["template"])] if t != e["targets"]]
+        if not others:
+            continue
+        rnd = random.Random(zlib.crc32(e["inputs"].encode("utf-8")))
+        choices = rnd.sample(others, min(3, len(others))) + [e["targets"]]
+        rnd.shuffle(choices)
+        out.append({**e, "answer_choices": choices, "label": choices.index(e["targets"])})
+    return tuple(out)
+
+
 def _register(name: str, language: str, task_types: tuple[str, ...],
-              validation_fraction: float) -> str:
-    build = functools.partial(examples, language, task_types)
+              validation_fraction: float, choices: bool = False) -> str:
+    build = functools.partial(choice_examples if choices else examples, language, task_types)
     seqio_tasks.register_task(name, build, vocabulary(), validation_fraction,
-                              metric_fns=[metrics.exact_match, metrics.chrf], in_memory=True)
+                              metric_fns=[metrics.exact_match, metrics.chrf],
+                              in_memory=not choices, choices=choices)
     mixing.register_size(name, lambda: sum(
         seqio_tasks.split_of(e, validation_fraction) == "train" for e in build()))
     return name
@@ -82,9 +110,9 @@ def register() -> None:
     train = [_register(f"mini_xp3_{c}", c, TRAINING_TASK_TYPES, 0.05) for c in LANGUAGES]
     seqio_tasks.register_mixture(
         "mini_xp3", [(name, mixing.rate_fn("temperature")) for name in train])
-    heldout = [_register(f"mini_xp3_heldout_currency_{c}", c, (HELDOUT_TASK_TYPE,), 1.0)
+    heldout = [_register(f"mini_xp3_heldout_currency_{c}", c, (HELDOUT_TASK_TYPE,), 1.0, True)
                for c in LANGUAGES if cldr.term_records(c, ("currency",))]
-    heldout += [_register(f"mini_xp3_heldout_{c}", c, tuple(TASK_TYPES), 1.0)
+    heldout += [_register(f"mini_xp3_heldout_{c}", c, tuple(TASK_TYPES), 1.0, True)
                 for c in HELDOUT_LANGUAGES]
     seqio_tasks.register_mixture("mini_xp3_heldout", [(name, 1.0) for name in heldout])
 

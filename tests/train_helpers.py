@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"TASK_FEATURE_LENGTHS": "{'inputs': 32, 'targets': 16}", "BATCH_SIZE": "8",
          "LOG_PERIOD": "1", "CHECKPOINT_PERIOD": "5", "TRAIN_STEPS": "20",
-         "KEEP_CHECKPOINTS": "None"}
+         "KEEP_CHECKPOINTS": "None", "EVAL_PERIOD": "None"}
 
 
 def launch_args(model_dir, **overrides):

@@ -39,6 +39,19 @@ INDIC = ("hi", "ur", "te", "ta", "bn", "mr", "gu", "pa", "ne", "ml", "kn", "or",
 # xP3's low-resource African and Indic languages: under 1% of the mixture each.
 LOW_RESOURCE = tuple(c for c in AFRICAN + INDIC if XP3_WEIGHTS[c] < 0.01)
 
+# mC4's 101 languages, mT5's pretraining (mT5 paper, Table 6; TFDS c4/multilingual), in
+# CLDR's spelling (`iw` -> `he`); the report marks languages outside it as unseen.
+MT5_LANGUAGES = frozenset((
+    "af am ar az be bg bn ca ceb co cs cy da de el en eo es et eu fa fi fil fr fy ga gd gl "
+    "gu ha haw he hi hmn ht hu hy id ig is it ja jv ka kk km kn ko ku ky la lb lo lt lv mg "
+    "mi mk ml mn mr ms mt my ne nl no ny pa pl ps pt ro ru sd si sk sl sm sn so sq sr st su "
+    "sv sw ta te tg th tr uk ur uz vi xh yi yo zh zu").split())
+
+
+def in_mt5_pretraining(code: str) -> bool:
+    """Whether mT5 saw the code's base language in pretraining (mC4)."""
+    return base_language(code) in MT5_LANGUAGES
+
 # Languages CLDR has no English name for, with their usual script: xP3's extra codes and
 # the xP3x / FLORES-200 ones (names from ISO 639-3, scripts from FLORES-200's codes).
 LANGUAGE_TABLE: dict[str, tuple[str, str]] = {

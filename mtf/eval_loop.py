@@ -1,0 +1,77 @@
+"""The eval and infer runs (`runs.run.mode = 'eval' | 'infer'`): one checkpoint in, a
+report or predictions out, through the same launch, gin, mesh and storage as training."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+
+from mtf import evaluation, partitioning, report, storage
+from mtf.convert.loading import load_checkpoint
+from mtf.errors import SettingError
+from mtf.model import T5Config
+
+
+def _step_label(source: str) -> str:
+    """`step_N` for a training step folder, else `checkpoint_<folder name>`."""
+    name = os.path.basename(source.rstrip("/"))
+    parent = os.path.basename(os.path.dirname(source.rstrip("/")))
+    if name.isdigit() and parent == "checkpoints":
+        return f"step_{int(name)}"
+    return "checkpoint_" + re.sub(r"[^A-Za-z0-9_.-]", "_", name or "root")
+
+
+def _load(model_config: T5Config, checkpoint_path: str | None, mesh) -> tuple[Any, str]:
+    if not checkpoint_path:
+        raise SettingError("CHECKPOINT_PATH is empty; bind it to an mtf MODEL_DIR (its newest "
+                           "step), a step folder, a T5X checkpoint or an HF folder")
+    storage.check_bucket(checkpoint_path, "CHECKPOINT_PATH")
+    loaded = load_checkpoint(checkpoint_path, model_config)
+    return evaluation.place_params(loaded.params, model_config, mesh), loaded.source
+
+
+def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
+             eval_config: evaluation.EvalConfig,
+             mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> dict[str, Any]:
+    """Scores a checkpoint on EVAL_MIXTURE; writes MODEL_DIR/eval/<step_N>/results.*."""
+    if not model_dir:
+        raise SettingError("MODEL_DIR is empty: the report is written to MODEL_DIR/eval/")
+    mesh = partitioning.make_mesh(mesh_shape)
+    evaluator = evaluation.Evaluator(model_config, mesh, eval_config)
+    evaluator.examples()  # a bad task or record fails before the checkpoint is read
+    params, source = _load(model_config, checkpoint_path, mesh)
+    result = evaluator.run(params)
+    label = _step_label(source)
+    result.update(step=int(label[5:]) if label.startswith("step_") else None, checkpoint=source)
+    if jax.process_index() == 0:
+        paths = report.write(storage.join(model_dir, "eval", label), result)
+        print(report.summary(result))
+        print(f"report: {paths['md']} and {paths['png']}", flush=True)
+    return result
+
+
+def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
+          eval_config: evaluation.EvalConfig, output_file: str | None = None,
+          mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> str:
+    """Writes one jsonl line per example of EVAL_MIXTURE's tasks: inputs, targets, language,
+    template, and the generated text and/or choice scores and prediction."""
+    if not model_dir and not output_file:
+        raise SettingError("set MODEL_DIR (predictions go to MODEL_DIR/infer/) or "
+                           "INFER_OUTPUT_FILE")
+    mesh = partitioning.make_mesh(mesh_shape)
+    evaluator = evaluation.Evaluator(model_config, mesh, eval_config)
+    evaluator.examples()
+    params, source = _load(model_config, checkpoint_path, mesh)
+    result = evaluator.run(params, keep_predictions=True)
+    path = output_file or storage.join(
+        model_dir, "infer", f"{eval_config.mixture_or_task_name}-{_step_label(source)}.jsonl")
+    if jax.process_index() == 0:
+        lines = [json.dumps({"task": task, **row}, ensure_ascii=False)
+                 for task, rows in result["predictions"].items() for row in rows]
+        storage.write_text(path, "\n".join(lines) + "\n")
+        print(f"{len(lines)} predictions written to {path}", flush=True)
+    return path
