@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 
 from mtf import decode, score
-from mtf.data import metrics, records, seqio_tasks
+from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
 from mtf.model import T5Config
 
@@ -125,7 +125,7 @@ class Evaluator:
         out: list[Example] = []
         limit = self.config.max_examples_per_task
         seen: dict[tuple[str, str, str], int] = {}
-        for raw in dataset.as_numpy_iterator():
+        for raw in batches.record_errors_unwrapped(dataset.as_numpy_iterator()):
             if limit is not None:
                 key = (int(raw.get("task_id", 0)), _text(raw.get("language", b"")),
                        _text(raw.get("template", b"")))

@@ -152,7 +152,7 @@ def test_readme_train_export_load_in_three_commands(tmp_path):
     model_dir, export = tmp_path / "mt0_tiny", tmp_path / "mt0_tiny_hf"
     commands = [c.replace("/tmp/mtf/mt0_tiny", str(model_dir))
                  .replace("/tmp/mt0_tiny_hf", str(export)) for c in commands]
-    commands[0] += " --gin.TRAIN_STEPS=3"
+    commands[0] += " --gin.TRAIN_STEPS=3 --gin.EVAL_PERIOD=None"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("MTF_VOCABULARY", None)  # the tokenizer must come from what the run recorded
     for command in commands:
@@ -179,7 +179,7 @@ NOISE = ("oneDNN", "Could not find cuda drivers", "absl::InitializeLog", "libtpu
 
 def test_commands_start_quietly_unless_verbose(tmp_path):
     args = ("mtf.launch", "--gin_file=gin/mt0_tiny.gin", f"--gin.MODEL_DIR={tmp_path / 'a'}",
-            "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4",
+            "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=None",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}")
     quiet = run(*args)
     assert quiet.returncode == 0, quiet.stderr[-3000:]

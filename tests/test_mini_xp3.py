@@ -141,7 +141,7 @@ def test_readme_add_your_own_task_as_written(tmp_path):
         command = command.replace("python ", f"{sys.executable} ", 1).replace(
             "/tmp/mtf/my_mixture", str(tmp_path / "run"))
         if "mtf.launch" in command:
-            command += (" --gin.TRAIN_STEPS=2 --gin.BATCH_SIZE=4"
+            command += (" --gin.TRAIN_STEPS=2 --gin.BATCH_SIZE=4 --gin.EVAL_PERIOD=None"
                         " \"--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}\"")
         result = subprocess.run(command, shell=True, cwd=elsewhere, env=env,
                                 capture_output=True, text=True, timeout=600)

@@ -34,7 +34,7 @@ def test_embedded_default_trains_from_any_directory(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiled train step, per device:" in result.stdout
-    records = metrics(model_dir)
+    records = [r for r in metrics(model_dir) if not any(k.startswith("eval/") for k in r)]
     for key in ("step", "loss", "learning_rate", "tokens_per_second", "grad_norm", "mfu"):
         assert all(key in r for r in records), key
     assert any(k.startswith("loss/") and k[5:] in ("sw", "yo", "hi") for r in records for k in r)
@@ -45,6 +45,46 @@ def test_embedded_default_trains_from_any_directory(tmp_path):
         assert ckpts.latest_step() == 300
     assert list((model_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
     assert "MIXTURE_OR_TASK_NAME = 'mini_xp3'" in (model_dir / "config.gin").read_text()
+    _check_the_final_evaluation(model_dir, result.stdout, tmp_path)
+
+
+def _check_the_final_evaluation(model_dir, stdout, tmp_path):
+    """mt0_tiny ends with the held-out evaluation: report files, logged numbers, accuracy
+    above chance on trained task types in held-out languages; eval.gin on the checkpoint
+    gives the same numbers; `mtf.infer` answers from it."""
+    report_dir = model_dir / "eval" / "step_300"
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["step"] == 300 and results["mixture"] == "mini_xp3_heldout"
+    table = (report_dir / "results.md").read_text()
+    assert "| ak * |" in table and "| ig |" in table  # Akan is not in mT5's pretraining
+    assert (report_dir / "results.png").stat().st_size > 10_000
+    assert "evaluation at step 300:" in stdout and "term_to_english (accuracy" in stdout
+    trained_types = [results["results"][d][lang]["median"]["accuracy"]
+                     for d in ("term_from_english", "term_to_english") for lang in ("ig", "ta",
+                                                                                   "eu")]
+    assert np.mean(trained_types) > 40.0, trained_types  # 4 choices: chance is 25%
+    logged = [r for r in metrics(model_dir) if "eval/term_to_english/accuracy" in r]
+    assert len(logged) == 1 and logged[0]["step"] == 300
+
+    again = subprocess.run(
+        [sys.executable, "-m", "mtf.launch", "--gin_file=gin/mt0_tiny.gin",
+         "--gin_file=gin/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+         f"--gin.MODEL_DIR='{tmp_path / 'eval_run'}'"], cwd=REPO, env=env(),
+        capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    standalone = json.loads((tmp_path / "eval_run" / "eval" / "step_300" / "results.json")
+                            .read_text())
+    for dataset, by_language in results["results"].items():
+        for lang, entry in by_language.items():
+            assert standalone["results"][dataset][lang]["median"] == pytest.approx(
+                entry["median"], abs=1e-6), (dataset, lang)
+    answer = subprocess.run(
+        [sys.executable, "-m", "mtf.infer", "generate", "--checkpoint", str(model_dir),
+         'Translate "January" into Swahili.'], cwd=tmp_path,
+        env={k: v for k, v in env().items() if k != "MTF_VOCABULARY"}, capture_output=True,
+        text=True, timeout=300)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert len(answer.stdout.strip().splitlines()) == 1 and answer.stdout.strip()
 
 
 def test_flagship_config_builds_abstractly(tmp_path):

@@ -159,10 +159,10 @@ def batches(config: DataConfig, batch_size: int, position: int = 0, process_inde
             process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches starting after `position` batches (the resume point)."""
     ds = dataset(config, batch_size, process_index, process_count, position)
-    return _record_errors_unwrapped(ds.prefetch(2).as_numpy_iterator())
+    return record_errors_unwrapped(ds.prefetch(2).as_numpy_iterator())
 
 
-def _record_errors_unwrapped(iterator: Iterator[dict[str, np.ndarray]]
+def record_errors_unwrapped(iterator: Iterator[dict[str, np.ndarray]]
                              ) -> Iterator[dict[str, np.ndarray]]:
     """tf.data reports a reader's RecordError as a TensorFlow error with a traceback inside
     its message; raise the RecordError itself (file, line, fix) instead."""
