@@ -1,13 +1,17 @@
 """mtf's train step beside Hugging Face transformers (PyTorch, Adafactor) on the same shapes.
 
     python bench/hf_compare.py [--model small] [--vocab 32128 250112] [--steps 10]
+    python bench/hf_compare.py --decode [--model small] [--vocab 250112]
 
 For each vocabulary: HF `MT5ForConditionalGeneration` (random init, the mT5 shapes of
 gin/models/mt5_<model>.gin) trained with `transformers.optimization.Adafactor` (T5X-like:
 scale_parameter, no relative step, lr 1e-3, no warm-up init) on synthetic batches, then
 `python -m mtf.bench train` with the same shapes, in separate processes one after the
 other on the same machine. Prints one JSON line per vocabulary with both throughputs and
-mtf/HF. Needs the `test` extra (torch, transformers).
+mtf/HF. With --decode: HF `generate` (greedy, its cache, min_new_tokens = max_new_tokens =
+--targets so every row generates the same number of tokens) beside `python -m mtf.bench
+decode` (the same), generated tokens/s of each and mtf/HF. Needs the `test` extra (torch,
+transformers).
 """
 
 from __future__ import annotations
@@ -55,6 +59,44 @@ def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: in
     return batch * (inputs + targets) * steps / (time.perf_counter() - start)
 
 
+def hf_generated_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                              repeats: int) -> float:
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    emb, heads, layers, mlp = SHAPES[model]
+    config = MT5Config(vocab_size=vocab, d_model=emb, d_kv=64, d_ff=mlp, num_layers=layers,
+                       num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0,
+                       feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    net = MT5ForConditionalGeneration(config).eval()
+    ids = torch.randint(2, vocab, (batch, inputs))
+
+    def generate():
+        with torch.no_grad():
+            return net.generate(input_ids=ids, max_new_tokens=targets, min_new_tokens=targets,
+                                do_sample=False, num_beams=1, use_cache=True)
+
+    generate()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = generate()
+        best = min(best, time.perf_counter() - start)
+    return batch * (out.shape[1] - 1) / best
+
+
+def mtf_decode_result(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                      repeats: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "mtf.bench", "decode", "--model", model, "--vocab", str(vocab),
+         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets),
+         "--repeats", str(repeats)],
+        capture_output=True, text=True, check=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def mtf_result(model: str, vocab: int, batch: int, inputs: int, targets: int, steps: int,
                dtype: str) -> dict:
     out = subprocess.run(
@@ -75,6 +117,8 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--decode", action="store_true",
+                        help="compare greedy generation instead of the train step")
     args = parser.parse_args()
     import torch
 
@@ -83,6 +127,19 @@ def main() -> None:
                "python": platform.python_version()}
     for vocab in args.vocab:
         shapes = (args.model, vocab, args.batch, args.inputs, args.targets, args.steps)
+        if args.decode:
+            hf = hf_generated_tokens_per_s(*shapes)
+            mtf = mtf_decode_result(*shapes)
+            print(json.dumps({"bench": "decode", "model": args.model, "vocab": vocab,
+                              "batch": args.batch, "inputs": args.inputs,
+                              "targets": args.targets,
+                              "hf_generated_tokens_per_s": round(hf, 1),
+                              "mtf_generated_tokens_per_s": round(
+                                  mtf["generated_tokens_per_s"], 1),
+                              "mtf_over_hf": round(mtf["generated_tokens_per_s"] / hf, 3),
+                              "mtf_score_speedup_vs_separate": round(mtf["score_speedup"], 2),
+                              "machine": machine}), flush=True)
+            continue
         hf = hf_tokens_per_s(*shapes)
         mtf = mtf_result(*shapes, args.dtype)
         print(json.dumps({"model": args.model, "vocab": vocab, "batch": args.batch,

@@ -1,4 +1,5 @@
-"""`python -m mtf.bench train ...`: throughput of the real train step on synthetic batches.
+"""`python -m mtf.bench train|decode ...`: throughput of the real train step and of
+decoding / scoring, on synthetic batches.
 
     python -m mtf.bench train --model small --vocab 250112 --batch 8 --inputs 128 \
         --targets 32 --steps 10 [--dtype float32|bfloat16] [--mesh -1,1,1] [--microbatches 1]
@@ -8,6 +9,14 @@ model shapes come from gin/models/mt5_<model>.gin. After warm-up (compile + one 
 times `--steps` steps and prints a final JSON line: tokens_per_s (batch x (inputs +
 targets) per second), step_s, peak_flops_per_s (a dense matmul measured in the same run on
 the same devices), model_flops_per_step and mfu.
+
+    python -m mtf.bench decode --model small --vocab 250112 --batch 8 --inputs 128 \
+        --targets 32 [--repeats 3]
+
+Greedy decoding on the cache (EOS held off, so every row generates exactly --targets
+tokens): generated tokens/s. Also rank classification of --choices answers per prompt
+(length --targets) in one batch (the prompt encoded once) against --choices separate
+forward passes (the prompt encoded each time): score_s, separate_s and their ratio.
 """
 
 from __future__ import annotations
@@ -78,6 +87,72 @@ def train_bench(args: argparse.Namespace) -> dict:
     }
 
 
+def _model_config(args: argparse.Namespace):
+    import gin
+
+    from mtf import config
+
+    config.parse([f"models/mt5_{args.model}.gin"],
+                 [f"NUM_EMBEDDINGS={args.vocab}", f"ACTIVATION_DTYPE='{args.dtype}'"])
+    model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    gin.clear_config()
+    return model_config.replace(dropout_rate=0.0)
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # compile + warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def decode_bench(args: argparse.Namespace) -> dict:
+    import jax
+    import numpy as np
+
+    from mtf import decode, partitioning, score
+    from mtf.model import init_params
+
+    model_config = _model_config(args)
+    mesh = partitioning.make_mesh((-1, 1, 1))
+    params = jax.jit(init_params, static_argnums=0,
+                     out_shardings=decode.params_shardings(model_config, mesh))(
+        model_config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(2, args.vocab, (args.batch, args.inputs), dtype=np.int32)
+    inputs[:, -1] = 1
+    decoder = decode.Decoder(model_config, decode.DecodeConfig(
+        max_decode_length=args.targets, min_decode_length=args.targets), mesh)
+    result = {}
+
+    def run_decode():
+        result["tokens"] = decoder(params, inputs).tokens
+
+    decode_s = _best_seconds(run_decode, args.repeats)
+    generated = int((result["tokens"] > 0).sum())
+    choices = [[list(rng.integers(2, args.vocab, args.targets - 1)) + [1]
+                for _ in range(args.choices)] for _ in range(args.batch)]
+    prompts = [list(row) for row in inputs]
+    together = score.Scorer(model_config, mesh, args.batch, args.inputs, args.targets,
+                            args.batch * args.choices)
+    alone = score.Scorer(model_config, mesh, args.batch, args.inputs, args.targets, args.batch)
+    score_s = _best_seconds(lambda: together.score(params, prompts, choices), args.repeats)
+    separate_s = _best_seconds(lambda: [alone.score(params, prompts, [[c[k]] for c in choices])
+                                        for k in range(args.choices)], args.repeats)
+    return {
+        "bench": "decode", "model": args.model, "vocab": args.vocab, "dtype": args.dtype,
+        "batch": args.batch, "inputs": args.inputs, "targets": args.targets,
+        "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+        "generated_tokens": generated, "decode_s": decode_s,
+        "generated_tokens_per_s": generated / decode_s,
+        "choices": args.choices, "score_s": score_s, "separate_s": separate_s,
+        "score_speedup": separate_s / score_s,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,11 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pieces of the target length the fused loss projects at a time")
     p.add_argument("--verbose", action="store_true",
                    help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    d = sub.add_parser("decode", help="greedy decoding and rank-classification speed")
+    d.add_argument("--model", default="small",
+                   choices=["tiny", "small", "base", "large", "xl", "xxl"])
+    d.add_argument("--vocab", type=int, default=250112)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--inputs", type=int, default=128)
+    d.add_argument("--targets", type=int, default=32)
+    d.add_argument("--choices", type=int, default=4)
+    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    d.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     from mtf import quiet
 
     quiet.start(args.verbose)
-    result = train_bench(args)
+    result = train_bench(args) if args.command == "train" else decode_bench(args)
     print(json.dumps(result))
     return 0
 

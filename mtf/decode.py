@@ -41,6 +41,8 @@ class DecodeConfig:
     top_p: float = 1.0  # 1: no nucleus filter
     num_samples: int = 1
     seed: int = 0
+    min_decode_length: int = 0  # EOS is not allowed before this many tokens (HF's
+    # min_new_tokens; benchmarks use it to generate a fixed number of tokens)
 
     def __post_init__(self) -> None:
         if self.max_decode_length < 1:
@@ -107,6 +109,13 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
     return logits
 
 
+def _no_early_eos(log_probs: jax.Array, i: jax.Array, min_length: int) -> jax.Array:
+    if not min_length:
+        return log_probs
+    return log_probs.at[:, EOS_ID].set(jnp.where(i < min_length, NEG_INF,
+                                                 log_probs[:, EOS_ID]))
+
+
 def _step_fn(model: Transformer, params: Any, encoded: jax.Array, encoder_tokens: jax.Array,
              length: int):
     """(cache, tokens [b, 1], mode) -> (log-probabilities [b, vocab], cache)."""
@@ -141,23 +150,29 @@ def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
         logits = filter_logits(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
         return jax.random.categorical(key, logits).astype(jnp.int32)
 
-    def body(carry):
-        i, log_probs, cache, out, total, done, key = carry
+    def emit(i, log_probs, out, total, done, key):
+        """Chooses and writes position i's token (pad for finished rows)."""
+        log_probs = _no_early_eos(log_probs, i, cfg.min_decode_length)
         key, sub = jax.random.split(key)
         token = jnp.where(done, PAD_ID, choose(log_probs, sub))
         total = total + jnp.where(done, 0.0, jnp.take_along_axis(
             log_probs, token[:, None], axis=-1)[:, 0])
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
-        done = done | (token == EOS_ID)
+        return token, out, total, done | (token == EOS_ID), key
+
+    def body(carry):
+        i, log_probs, cache, out, total, done, key = carry
+        token, out, total, done, key = emit(i, log_probs, out, total, done, key)
         log_probs, cache = step(cache, token[:, None], "read")
         return i + 1, log_probs, cache, out, total, done, key
 
-    def cond(carry):
-        return (carry[0] < length) & ~jnp.all(carry[5])
+    def cond(carry):  # the last position is emitted after the loop: no step after it
+        return (carry[0] < length - 1) & ~jnp.all(carry[5])
 
     init = (jnp.int32(0), log_probs, cache, jnp.zeros((batch, length), jnp.int32),
             jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), bool), rng)
-    _, _, _, out, total, _, _ = jax.lax.while_loop(cond, body, init)
+    i, log_probs, _, out, total, done, key = jax.lax.while_loop(cond, body, init)
+    _, out, total, _, _ = emit(i, log_probs, out, total, done, key)
     return out[:, None], total[:, None], total[:, None]
 
 
@@ -185,6 +200,7 @@ def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
 
     def body(carry):
         (i, log_probs, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp) = carry
+        log_probs = _no_early_eos(log_probs, i, cfg.min_decode_length)
         candidates = (alive_lp[:, :, None] + log_probs.reshape(batch, k, vocab))
         top_lp, top_index = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)
         source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
