@@ -189,3 +189,17 @@ def test_rank_classification_equals_hf_log_likelihoods(tmp_path, mesh, length_no
         assert prediction == int(np.argmax(want))
     with pytest.raises(SettingError, match="does not fit the length 8"):
         scorer.score(params, [prompts[0]], [[tokens(9)]])
+
+
+def test_decoding_and_scoring_on_sharded_meshes_equal_one_device():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("multidevice_decode_check.py")
+    env = dict(os.environ, PYTHONPATH=str(script.parents[1]))
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
