@@ -29,18 +29,25 @@ SHAPES = {  # emb, heads, layers, mlp (mT5; head_dim 64)
 }
 
 
-def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
-                    steps: int) -> float:
+def _hf_mt5(model: str, vocab: int):
+    """A randomly initialised HF MT5 of the mT5 shapes of gin/models/mt5_<model>.gin."""
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
-    from transformers.optimization import Adafactor
 
     torch.manual_seed(0)
     emb, heads, layers, mlp = SHAPES[model]
     config = MT5Config(vocab_size=vocab, d_model=emb, d_kv=64, d_ff=mlp, num_layers=layers,
                        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0,
                        feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-    net = MT5ForConditionalGeneration(config).train()
+    return MT5ForConditionalGeneration(config)
+
+
+def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                    steps: int) -> float:
+    import torch
+    from transformers.optimization import Adafactor
+
+    net = _hf_mt5(model, vocab).train()
     opt = Adafactor(net.parameters(), lr=1e-3, scale_parameter=True, relative_step=False,
                     warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
 
@@ -62,14 +69,8 @@ def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: in
 def hf_generated_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
                               repeats: int) -> float:
     import torch
-    from transformers import MT5Config, MT5ForConditionalGeneration
 
-    torch.manual_seed(0)
-    emb, heads, layers, mlp = SHAPES[model]
-    config = MT5Config(vocab_size=vocab, d_model=emb, d_kv=64, d_ff=mlp, num_layers=layers,
-                       num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0,
-                       feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-    net = MT5ForConditionalGeneration(config).eval()
+    net = _hf_mt5(model, vocab).eval()
     ids = torch.randint(2, vocab, (batch, inputs))
 
     def generate():
@@ -86,26 +87,27 @@ def hf_generated_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, t
     return batch * (out.shape[1] - 1) / best
 
 
-def mtf_decode_result(model: str, vocab: int, batch: int, inputs: int, targets: int,
-                      repeats: int) -> dict:
+def _mtf_bench(command: str, model: str, vocab: int, batch: int, inputs: int, targets: int,
+               *extra: str) -> dict:
+    """The last JSON line of `python -m mtf.bench <command>` with these shapes."""
     out = subprocess.run(
-        [sys.executable, "-m", "mtf.bench", "decode", "--model", model, "--vocab", str(vocab),
-         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets),
-         "--repeats", str(repeats)],
+        [sys.executable, "-m", "mtf.bench", command, "--model", model, "--vocab", str(vocab),
+         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets), *extra],
         capture_output=True, text=True, check=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mtf_decode_result(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                      repeats: int) -> dict:
+    return _mtf_bench("decode", model, vocab, batch, inputs, targets, "--repeats",
+                      str(repeats))
 
 
 def mtf_result(model: str, vocab: int, batch: int, inputs: int, targets: int, steps: int,
                dtype: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "mtf.bench", "train", "--model", model, "--vocab", str(vocab),
-         "--batch", str(batch), "--inputs", str(inputs), "--targets", str(targets),
-         "--steps", str(steps), "--dtype", dtype],
-        capture_output=True, text=True, check=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _mtf_bench("train", model, vocab, batch, inputs, targets, "--steps", str(steps),
+                      "--dtype", dtype)
 
 
 def main() -> None:

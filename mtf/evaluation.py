@@ -64,7 +64,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _cut(tokens: Sequence[int], length: int) -> tuple[list[int], bool]:
+def cut_to_length(tokens: Sequence[int], length: int) -> tuple[list[int], bool]:
     """Tokens ending in EOS, cut to `length` keeping EOS last (as seqio's trim + EOS)."""
     tokens = [int(t) for t in tokens]
     if len(tokens) <= length:
@@ -140,7 +140,7 @@ class Evaluator:
 
     def _example(self, task: seqio.Task, raw: Mapping[str, Any], vocab) -> Example:
         language = _text(raw.get("language", b""))
-        inputs, cut = _cut(raw["inputs"], self.input_length)
+        inputs, cut = cut_to_length(raw["inputs"], self.input_length)
         self.truncation.prompts += cut
         example = Example(dataset_name(raw.get("task_id", 0), task.name, language), language,
                           _text(raw.get("template", b"")), inputs,
@@ -155,7 +155,7 @@ class Evaluator:
                     f"{label} but {len(texts)} answer choices")
             choices = []
             for text in texts:
-                tokens, cut = _cut(list(vocab.encode(text)) + [decode.EOS_ID],
+                tokens, cut = cut_to_length(list(vocab.encode(text)) + [decode.EOS_ID],
                                    self.target_length)
                 self.truncation.choices += cut
                 choices.append(tokens)
@@ -204,6 +204,7 @@ class Evaluator:
             examples = self.examples()[task.name]
             fns = self.metric_fns if self.metric_fns is not None else list(task.metric_fns)
             has_choices = examples[0].choices is not None
+            grouped = _grouped(examples)
             if not has_choices and not fns:
                 raise SettingError(f"task {task.name} has no answer choices (rank "
                                    "classification) and no metric functions; give it "
@@ -216,7 +217,7 @@ class Evaluator:
                                         strict=True):
                     row.update(answer_choices=e.choice_texts, label=e.label, scores=s,
                                prediction=p)
-                for key, idx in _grouped(examples).items():
+                for key, idx in grouped.items():
                     groups.setdefault(key, {}).update(metrics.accuracy(
                         [examples[i].label for i in idx], [scored.predictions[i] for i in idx]))
             if fns:
@@ -224,11 +225,11 @@ class Evaluator:
                 texts = self.generate(params, examples, vocab)
                 for row, text in zip(rows, texts, strict=True):
                     row["generated"] = text
-                for key, idx in _grouped(examples).items():
+                for key, idx in grouped.items():
                     for fn in fns:
                         groups.setdefault(key, {}).update(fn(
                             [examples[i].target_text for i in idx], [texts[i] for i in idx]))
-            for key, idx in _grouped(examples).items():
+            for key, idx in grouped.items():
                 groups[key]["examples"] = groups[key].get("examples", 0) + len(idx)
             if keep_predictions:
                 predictions[task.name] = rows

@@ -84,12 +84,13 @@ def _vocabulary(args: argparse.Namespace, stored: str | None):
 
 
 def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[list[int]], int]:
+    from mtf.evaluation import cut_to_length
+
     out, cut = [], 0
     for text in texts:
-        tokens = list(vocab.encode(text)) + [1]
-        if len(tokens) > length:
-            tokens, cut = tokens[:length - 1] + [1], cut + 1
+        tokens, was_cut = cut_to_length(list(vocab.encode(text)) + [1], length)
         out.append(tokens)
+        cut += was_cut
     if cut:
         print(f"warning: {cut} {what} longer than {length} tokens were cut (raise "
               f"--max_{'input' if what == 'prompts' else 'target'}_length)", file=sys.stderr)
