@@ -5,8 +5,12 @@ Registered from local copies of the published files when their folder is set:
   XCOPA_DIR       data/ with <lang>/test.<lang>.jsonl    -> xcopa_<lang>
   XSTORYCLOZE_DIR spring2016.val.<lang>.tsv.split_20_80_eval.tsv files -> xstorycloze_<lang>
   XWINOGRAD_DIR   <lang>/test.jsonl                      -> xwinograd_<lang>
-Each family also gets a mixture of its languages. `register_multiple_choice` adds any
-jsonl multiple-choice set ({inputs, answer_choices, label, language}).
+Prompts are the ones mT0's evaluation applied: promptsource's templates (vendored in
+templates/promptsource, Apache-2.0) for XNLI, COPA, story_cloze and winogrande, English
+originals marked `original_task`. Where promptsource has machine- or human-translated
+variants of them, `<family>_mt_<lang>` / `<family>_ht_<lang>` use those instead. Each
+family (and each variant) also gets a mixture of its languages. `register_multiple_choice`
+adds any jsonl multiple-choice set ({inputs, answer_choices, label, language}).
 """
 
 from __future__ import annotations
@@ -14,30 +18,35 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mtf import storage
-from mtf.data import evalsets, seqio_tasks, templates
+from mtf.data import evalsets, promptsource, seqio_tasks, templates
 from tasks import vocabularies
 
-TEMPLATES = Path(__file__).resolve().parent / "templates" / "heldout.yaml"
+PROMPTSOURCE = Path(__file__).resolve().parent / "templates" / "promptsource"
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr",
                   "ur", "vi", "zh")
+# family -> (English templates, folder of translated variants), as mT0's evaluation used them
+FAMILIES = {
+    "xnli": ("xnli/en/templates.yaml", "xnli"),
+    "xcopa": ("super_glue/copa/templates.yaml", "xcopa"),
+    "xstorycloze": ("story_cloze/2016/templates.yaml", "Muennighoff/xstory_cloze"),
+    "xwinograd": ("winogrande/winogrande_xl/templates.yaml", "Muennighoff/xwinograd"),
+}
 
 
 @functools.cache
-def template_set() -> templates.TemplateSet:
-    return templates.load_templates(TEMPLATES)
+def prompts(family: str) -> promptsource.Prompts:
+    english, translated = FAMILIES[family]
+    return promptsource.family(PROMPTSOURCE / english, PROMPTSOURCE / translated)
 
 
 def register_choice_task(name: str, raw: Callable[[], Iterator[dict]], language: str,
-                         template_prefix: str | None, prompts: str = "english") -> str:
-    """A rank-classification task: `raw()` records through the family's templates."""
-    chosen = None
-    if template_prefix is not None:
-        ids = [i for i in template_set().ids() if i.startswith(template_prefix)]
-        chosen = template_set().subset(ids).for_language(language, prompts)
+                         chosen: Sequence[templates.Template] | None) -> str:
+    """A rank-classification task: `raw()` records through `chosen` templates (None: the
+    records are already prompted)."""
 
     def build():
         return seqio_tasks.choice_examples(evalsets.choice_examples(raw(), chosen, name), name)
@@ -45,6 +54,24 @@ def register_choice_task(name: str, raw: Callable[[], Iterator[dict]], language:
     seqio_tasks.register_task(name, build, vocabularies.mt5(), validation_fraction=1.0,
                               choices=True)
     return name
+
+
+def register_family(family: str, raw_by_language: dict[str, Callable[[], Iterator[dict]]]
+                    ) -> list[str]:
+    """`<family>_<lang>` with English prompts for every language, `<family>_{mt,ht}_<lang>`
+    where translated prompts exist, and a mixture per prompt kind."""
+    found = prompts(family)
+    names = []
+    for kind in promptsource.KINDS:
+        prefix = family if kind == "en" else f"{family}_{kind}"
+        kind_names = [register_choice_task(f"{prefix}_{lang}", raw, lang,
+                                           found.for_language(lang, kind))
+                      for lang, raw in raw_by_language.items()
+                      if found.for_language(lang, kind)]
+        if kind_names:
+            seqio_tasks.register_mixture(prefix, [(n, 1.0) for n in kind_names])
+        names += kind_names
+    return names
 
 
 def register_multiple_choice(name: str, path: str, language: str | None = None,
@@ -57,35 +84,35 @@ def register_multiple_choice(name: str, path: str, language: str | None = None,
 
 def register_all(env: dict[str, str] | None = None) -> list[str]:
     env = dict(os.environ if env is None else env)
-    families: dict[str, list[str]] = {}
+    names: list[str] = []
     if env.get("XNLI_DIR"):
         path = storage.join(env["XNLI_DIR"], "xnli.test.tsv")
-        families["xnli"] = [register_choice_task(
-            f"xnli_{c}", functools.partial(evalsets.xnli, path, c), c, "xnli_", "both")
-            for c in XNLI_LANGUAGES]
+        names += register_family("xnli", {
+            c: functools.partial(evalsets.xnli, path, c) for c in XNLI_LANGUAGES})
     if env.get("XCOPA_DIR"):
         root = env["XCOPA_DIR"]
-        families["xcopa"] = [register_choice_task(
-            f"xcopa_{c}", functools.partial(evalsets.xcopa,
-                                            storage.join(root, c, f"test.{c}.jsonl"), c),
-            c, "xcopa_") for c in _subdirs(root)]
+        names += register_family("xcopa", {
+            c: functools.partial(evalsets.xcopa, storage.join(root, c, f"test.{c}.jsonl"), c)
+            for c in _subdirs(root)})
     if env.get("XSTORYCLOZE_DIR"):
         root = env["XSTORYCLOZE_DIR"]
         pattern = re.compile(r"spring2016\.val\.([a-z_]+)\.tsv\.split_20_80_eval\.tsv$")
-        found = {m.group(1): storage.join(root, f) for f in sorted(storage.listdir(root))
-                 if (m := pattern.match(f))}
-        families["xstorycloze"] = [register_choice_task(
-            f"xstorycloze_{c}", functools.partial(evalsets.xstorycloze, p, c), c,
-            "xstorycloze_") for c, p in found.items()]
+        names += register_family("xstorycloze", {
+            m.group(1): functools.partial(evalsets.xstorycloze, storage.join(root, f),
+                                          m.group(1))
+            for f in sorted(storage.listdir(root)) if (m := pattern.match(f))})
     if env.get("XWINOGRAD_DIR"):
         root = env["XWINOGRAD_DIR"]
-        families["xwinograd"] = [register_choice_task(
-            f"xwinograd_{c}", functools.partial(evalsets.xwinograd,
-                                                storage.join(root, c, "test.jsonl"), c),
-            c, "xwinograd_") for c in _subdirs(root)]
-    for family, names in families.items():
-        seqio_tasks.register_mixture(family, [(n, 1.0) for n in names])
-    return sorted(n for names in families.values() for n in names)
+        names += register_family("xwinograd", {
+            _language(c): functools.partial(evalsets.xwinograd,
+                                            storage.join(root, c, "test.jsonl"), _language(c))
+            for c in _subdirs(root)})
+    return sorted(names)
+
+
+def _language(folder: str) -> str:
+    """XWinograd's folders use 'jp' for Japanese."""
+    return promptsource.FOLDER_LANGUAGES.get(folder, folder)
 
 
 def _subdirs(root: str) -> list[str]:

@@ -57,25 +57,107 @@ def first(name):
     return list(task.get_dataset(None, "validation", shuffle=False).as_numpy_iterator())
 
 
-def test_registers_every_family_with_choices(eval_dirs):
+def by_template(name):
+    return {e["template"].decode(): e for e in first(name)}
+
+
+def choices(example):
+    return [c.decode() for c in example["answer_choices"]]
+
+
+def test_registers_every_family_with_promptsource_prompts(eval_dirs):
     names = heldout.register_all(eval_dirs)
-    assert {"xnli_sw", "xcopa_sw", "xstorycloze_hi", "xwinograd_pt"} <= set(names)
-    for family in ("xnli", "xcopa", "xstorycloze", "xwinograd"):
+    assert {"xnli_sw", "xnli_mt_sw", "xnli_ht_sw", "xcopa_sw", "xcopa_mt_sw",
+            "xstorycloze_hi", "xstorycloze_mt_hi", "xwinograd_pt", "xwinograd_mt_pt"} <= set(names)
+    assert "xnli_mt_en" not in names and "xwinograd_ht_pt" not in names
+    for family in ("xnli", "xnli_mt", "xnli_ht", "xcopa", "xcopa_mt", "xstorycloze",
+                   "xwinograd", "xwinograd_mt"):
         assert family in seqio.MixtureRegistry.names()
-    sw = first("xnli_sw")
-    # two English templates plus none in Swahili ('both' adds translations where they exist)
-    assert len(sw) == 2
-    assert [c.decode() for c in sw[0]["answer_choices"]] == ["True", "Neither", "False"]
-    assert sw[0]["label"] == 2 and sw[0]["targets_pretokenized"].decode() == "False"
-    assert "Mtu analala." in sw[0]["inputs_pretokenized"].decode()
-    fr = first("xnli_fr")
-    assert len(fr) == 3 and any("Peut-on" in e["inputs_pretokenized"].decode() for e in fr)
-    copa = first("xcopa_sw")[0]
-    assert [c.decode() for c in copa["answer_choices"]] == ["Alianguka.", "Alicheka."]
-    story = first("xstorycloze_hi")[0]
-    assert story["label"] == 0 and b"S1. S2. S3. S4." in story["inputs_pretokenized"]
-    wino = first("xwinograd_pt")[0]
-    assert wino["targets_pretokenized"].decode() == "o troféu"
+    # XNLI: promptsource's 15 English prompts, each example rendered as promptsource does
+    sw = by_template("xnli_sw")
+    assert len(sw) == 15
+    gpt3 = sw["GPT-3 style"]
+    assert gpt3["inputs_pretokenized"].decode() == (
+        "Mtu analala.\nQuestion: Mtu anakimbia. True, False, or Neither?")
+    assert choices(gpt3) == ["True", "Neither", "False"] and gpt3["label"] == 2
+    assert gpt3["targets_pretokenized"] == b"False"
+    assert choices(sw["MNLI crowdsource"]) == ["Correct", "Inconclusive", "Incorrect"]
+    # machine- and human-translated variants of the same prompts, under the English names
+    mt_sw, ht_fr = by_template("xnli_mt_sw"), by_template("xnli_ht_fr")
+    assert len(mt_sw) == 5 and set(mt_sw) <= set(sw)
+    assert ht_fr["can we infer"]["inputs_pretokenized"].decode() == (
+        "Supposons « Il pleut. », peut-on inférer « Il fait froid. » ? Oui, non, ou peut-être ?")
+    assert ht_fr["can we infer"]["label"] == 1
+    assert choices(ht_fr["can we infer"]) == ["Oui", "Peut-être", "Non"]
+    # XCOPA: COPA's prompts; the effect-only ones skip this cause question
+    copa = by_template("xcopa_sw")
+    assert len(copa) == 10 and "…As a result, C1 or C2?" not in copa
+    best = copa["best_option"]
+    assert best["inputs_pretokenized"].decode() == (
+        "Mtoto alilia. \n\nWhat's the best option?\n- Alianguka.\n- Alicheka.\n\n"
+        "We are looking for  a cause")
+    assert choices(best) == ["Alianguka.", "Alicheka."] and best["label"] == 0
+    assert len(by_template("xcopa_mt_sw")) == 5  # 'C1 or C2? premise' names its English one
+    assert "C1 or C2? premise, so/because…" in by_template("xcopa_mt_sw")
+    # XStoryCloze: story_cloze's original-task prompts; the right ending from the file
+    story = by_template("xstorycloze_hi")
+    assert len(story) == 5 and "Generate Ending" not in story
+    assert all(e["label"] == 0 and e["targets_pretokenized"] == b"Good end."
+               for e in story.values())
+    assert b"S1. S2. S3. S4." in story["Answer Given options"]["inputs_pretokenized"]
+    # XWinograd: winogrande's prompts; the target comes from `answer`, as in promptsource
+    wino = by_template("xwinograd_pt")
+    assert len(wino) == 5 and "True or False" not in wino
+    replace = wino["Replace"]
+    assert replace["inputs_pretokenized"].decode() == (
+        "O troféu não cabe na mala porque _ é grande.\nReplace the _ in the above sentence "
+        "with the correct option: \n- o troféu\n- a mala")
+    assert replace["targets_pretokenized"].decode() == "o troféu" and replace["label"] == 0
+
+
+def test_promptsource_files_render_every_prompt():
+    """Every vendored prompt renders a record of its dataset, its target among its choices."""
+    records = {
+        "xnli": {"premise": "P.", "hypothesis": "H.", "label": 1},
+        "xcopa": {"premise": "P.", "choice1": "A.", "choice2": "B.", "question": "effect",
+                  "label": 1},
+        "xstorycloze": {**{f"input_sentence_{i}": f"S{i}." for i in range(1, 5)},
+                        "sentence_quiz1": "E1.", "sentence_quiz2": "E2.",
+                        "answer_right_ending": 2, "label": 1},
+        "xwinograd": {"sentence": "A _ B.", "option1": "x", "option2": "y", "answer": "2",
+                      "label": 1},
+    }
+    for family, record in records.items():
+        found = heldout.prompts(family)
+        prompts = list(found.english) + [t for kind in ("mt", "ht")
+                                         for ts in found.translated[kind].values() for t in ts]
+        rendered = list(evalsets.choice_examples(iter([{**record, "language": "en"}]),
+                                                 prompts, family))
+        assert all(e["label"] == 1 and e["inputs"] for e in rendered), family
+        skipped = len(prompts) - len(rendered)
+        assert skipped == (2 if family == "xcopa" else 0), family  # COPA's cause-only two
+
+
+def test_promptsource_reader_errors(tmp_path):
+    from mtf.data import promptsource, templates
+    with pytest.raises(templates.TemplateError, match="templates' mapping"):
+        (tmp_path / "bad.yaml").write_text("dataset: x\ntemplates: []\n")
+        promptsource.read(tmp_path / "bad.yaml", "en")
+    wrong = tmp_path / "templates.yaml"
+    wrong.write_text("dataset: x\ntemplates:\n  a: !Template\n    name: n\n"
+                     "    jinja: '{{ x }} ||| {{ y }} ||| z'\n")
+    with pytest.raises(templates.TemplateError, match="must contain '|||' once"):
+        promptsource.read(wrong, "en")
+    record = {"premise": "p", "hypothesis": "h", "label": 0, "language": "en"}
+    (gpt3,) = [t for t in heldout.prompts("xnli").english if t.id == "GPT-3 style"]
+    with pytest.raises(records.RecordError, match="label is 1"):
+        list(evalsets.choice_examples(iter([{**record, "label": 1}]), [
+            templates.Template("t", "{{premise}} ||| {{ answer_choices[0] }}",
+                               answer_choices="a ||| b")], "x"))
+    with pytest.raises(records.RecordError, match="not one of its answer choices"):
+        list(evalsets.choice_examples(iter([record]), [
+            templates.Template("t", "{{premise}} ||| c", answer_choices="a ||| b")], "x"))
+    assert list(evalsets.choice_examples(iter([record]), [gpt3], "x"))[0]["label"] == 0
 
 
 def test_generic_multiple_choice(tmp_path):

@@ -56,7 +56,8 @@ def xcopa(path: str, language: str, skip_bad_records: bool = False) -> Iterator[
 
 
 def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
-    """XStoryCloze's `spring2016.val.{lang}.tsv.split_20_80_{train,eval}.tsv` (or .csv)."""
+    """XStoryCloze's `spring2016.val.{lang}.tsv.split_20_80_{train,eval}.tsv` (or .csv), as
+    the fields of HF's story_cloze that promptsource's templates read."""
     delimiter = "," if path.endswith(".csv") else "\t"
     needed = [f"InputSentence{i}" for i in range(1, 5)] + [
         "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"]
@@ -72,25 +73,26 @@ def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Ite
             yield f"{path}:{reader.line_num}", row
 
     def convert(where: str, row: dict[str, str]) -> dict:
-        return {"context": " ".join(row[f"InputSentence{i}"].strip() for i in range(1, 5)),
-                "ending1": row["RandomFifthSentenceQuiz1"],
-                "ending2": row["RandomFifthSentenceQuiz2"],
-                "label": _int_label(row["AnswerRightEnding"], 2, where, one_based=True),
+        label = _int_label(row["AnswerRightEnding"], 2, where, one_based=True)
+        return {**{f"input_sentence_{i}": row[f"InputSentence{i}"].strip() for i in range(1, 5)},
+                "sentence_quiz1": row["RandomFifthSentenceQuiz1"],
+                "sentence_quiz2": row["RandomFifthSentenceQuiz2"],
+                "answer_right_ending": label + 1, "label": label,
                 "language": _lang(language, where), "_where": where}
 
     return records.guarded(rows(), convert, skip_bad_records, path)
 
 
 def xwinograd(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
-    """XWinograd jsonl: sentence with one `_`, option1, option2, answer ('1' or '2')."""
+    """XWinograd jsonl: sentence with one `_`, option1, option2, answer ('1' or '2'), as
+    winogrande's fields (promptsource's templates read them)."""
 
     def convert(where: str, record: dict) -> dict:
         if record["sentence"].count("_") != 1:
             raise records.RecordError(f"{where}: sentence must contain exactly one '_'")
-        before, after = record["sentence"].split("_")
-        return {"context": before.strip(), "continuation": after.strip(),
-                "option1": record["option1"], "option2": record["option2"],
-                "label": _int_label(record["answer"], 2, where, one_based=True),
+        label = _int_label(record["answer"], 2, where, one_based=True)
+        return {"sentence": record["sentence"], "option1": record["option1"],
+                "option2": record["option2"], "answer": str(label + 1), "label": label,
                 "language": _lang(language, where), "_where": where}
 
     return records.jsonl_records(path, ("sentence", "option1", "option2"), skip_bad_records,
@@ -138,7 +140,12 @@ def _int_label(value: Any, n: int, where: str, one_based: bool = False) -> int:
 
 def choice_examples(raw: Iterator[Mapping[str, Any]], prompts: Sequence[templates.Template]
                     | None, dataset: str) -> Iterator[dict]:
-    """Rank-classification examples: inputs, answer_choices, label, language, template."""
+    """Rank-classification examples: inputs, answer_choices, label, language, template.
+
+    With templates, the label is the rendered target's place among the rendered choices (as
+    t-zero's evaluation finds it), checked against the record's own label; a template that
+    renders nothing for a record (a conditional prompt) skips it.
+    """
     for record in raw:
         where = record.get("_where", dataset)
         if prompts is None:
@@ -147,12 +154,20 @@ def choice_examples(raw: Iterator[Mapping[str, Any]], prompts: Sequence[template
             continue
         for t in prompts:
             try:
-                inputs, _ = t.apply(record)
+                inputs, target = t.apply(record)
                 choices = t.answer_choices_for(record)
+            except templates.NotApplicable:
+                continue
             except templates.TemplateError as e:
                 raise records.RecordError(f"{where}: {e}") from None
-            if not choices or record["label"] >= len(choices):
-                raise records.RecordError(f"{where}: template {t.id!r} gives {choices!r} as "
-                                          f"answer choices; label {record['label']} needs more")
-            yield {"inputs": inputs, "answer_choices": choices, "label": record["label"],
+            if not choices or target not in choices:
+                raise records.RecordError(f"{where}: template {t.id!r} renders the target "
+                                          f"{target!r}, which is not one of its answer choices "
+                                          f"{choices!r}")
+            label = choices.index(target)
+            expected = record["label"]
+            if label != expected and (expected >= len(choices) or choices[expected] != target):
+                raise records.RecordError(f"{where}: template {t.id!r} makes choice {label} "
+                                          f"right; the record's label is {record['label']}")
+            yield {"inputs": inputs, "answer_choices": choices, "label": label,
                    "language": record["language"], "template": t.id}

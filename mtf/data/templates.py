@@ -39,6 +39,11 @@ class TemplateError(UserError, ValueError):
     """A template that cannot render; the message names its id and the field."""
 
 
+class NotApplicable(TemplateError):
+    """The template renders nothing for this record (promptsource's conditional prompts,
+    e.g. COPA's effect-only ones on a cause question); the record is skipped for it."""
+
+
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
                           autoescape=False)
 
@@ -94,6 +99,8 @@ class Template:
         """(inputs, targets) for `record`."""
         choices = self.answer_choices_for(record)
         text = self._render(self._compiled[0], record, answer_choices=choices)
+        if not text.strip():
+            raise NotApplicable(f"template {self.id!r} renders nothing for this record")
         parts = text.split(SEPARATOR)
         if len(parts) != 2:
             raise TemplateError(f"template {self.id!r} ({self.source}) rendered {len(parts)} "
@@ -180,7 +187,7 @@ def _parse_entry(entry: Any, where: str, translations: dict[str, dict[str, Templ
     choices = entry.get("answer_choices")
     original = Template(tid, entry["jinja"], languages.normalize(entry.get("language", "en")),
                         choices, where)
-    _check(original)
+    check(original)
     per_lang: dict[str, Template] = {}
     for lang, spec in (entry.get("translations") or {}).items():
         code = languages.normalize(lang)
@@ -190,7 +197,7 @@ def _parse_entry(entry: Any, where: str, translations: dict[str, dict[str, Templ
             raise TemplateError(f"{where} (template {tid!r}): translation {lang!r} must be a "
                                 "Jinja string or {jinja: ..., answer_choices: ...}")
         t = Template(tid, spec["jinja"], code, spec.get("answer_choices", choices), where)
-        _check(t)
+        check(t)
         if not t.fields <= original.fields:
             raise TemplateError(f"{where} (template {tid!r}): translation {lang!r} reads fields "
                                 f"{sorted(t.fields - original.fields)} that the original does "
@@ -200,7 +207,8 @@ def _parse_entry(entry: Any, where: str, translations: dict[str, dict[str, Templ
     return original
 
 
-def _check(t: Template) -> None:
+def check(t: Template) -> None:
+    """Compiles `t` and checks its separator, so a broken template fails at load time."""
     t._compiled  # noqa: B018 -- compiles now so syntax errors surface at load time
     if t.jinja.count(SEPARATOR) != 1:
         raise TemplateError(f"template {t.id!r} ({t.source}, language {t.language}): must "
