@@ -38,6 +38,14 @@ class EvalConfig:
     beam_size: int = 1
     alpha: float = 0.6
     split: str = "validation"
+    # In training: an EVAL_MIXTURE that is not registered (its data not set up) skips the
+    # evaluation with a note instead of stopping the run (the mt0 recipes' mt0_heldout).
+    optional: bool = False
+
+    def registered(self) -> bool:
+        name = self.mixture_or_task_name
+        return bool(name) and name in (seqio.TaskRegistry.names()
+                                       | seqio.MixtureRegistry.names())
 
 
 @dataclasses.dataclass

@@ -56,12 +56,12 @@ class LogWindow:
         `loss/<language>`, `loss/task/<task>`; then the window starts again."""
         import jax
 
-        scalars = jax.device_get([{k: m[k] for k in ("loss", "z_loss", "grad_norm",
-                                                     "learning_rate")}
-                                  for m, _ in self.steps])
-        out = {k: float(np.mean([s[k] for s in scalars])) for k in ("loss", "z_loss",
-                                                                     "grad_norm")}
-        out["learning_rate"] = float(scalars[-1]["learning_rate"])
+        keys = [k for k in ("loss", "z_loss", "grad_norm", "learning_rate")
+                if k in self.steps[0][0]]  # validation steps have no gradient or rate
+        scalars = jax.device_get([{k: m[k] for k in keys} for m, _ in self.steps])
+        out = {k: float(np.mean([s[k] for s in scalars])) for k in keys if k != "learning_rate"}
+        if "learning_rate" in keys:
+            out["learning_rate"] = float(scalars[-1]["learning_rate"])
         by_language: dict[int, list[float]] = {}
         by_task: dict[int, list[float]] = {}
         for metrics, ids in self.steps:

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf.errors import SettingError
@@ -90,3 +91,16 @@ def unannotated(logical_specs: Any, abstract: Any) -> list[str]:
         if spec is None or len(spec) != len(leaf.shape):
             bad.append(jax.tree_util.keystr(path))
     return bad
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding,
+                 keys: Sequence[str]) -> dict[str, jax.Array]:
+    """Each process's rows of a batch -> global arrays on `sharding`."""
+    return {k: jax.make_array_from_process_local_data(sharding, local[k]) for k in keys}
+
+
+def gather(x: jax.Array | np.ndarray) -> np.ndarray:
+    """The global array on every host: a global jax.Array, or each host's local rows."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

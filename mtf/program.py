@@ -80,3 +80,17 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
     return TrainProgram(mesh, jitted, abstract_state, shardings, batch_spec,
                         abstract_batch(batch_size, lengths, pack, batch_spec),
                         model_config.dropout_rate > 0)
+
+
+def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,
+                 loss: step.LossConfig, num_microbatches: int = 1) -> Any:
+    """`step.eval_metrics` jitted with the train step's parameter and batch shardings."""
+    fn = functools.partial(step.eval_metrics, config=model_config, loss=loss,
+                           num_microbatches=num_microbatches)
+    jitted = jax.jit(fn, in_shardings=(params_sharding, partitioning.batch_sharding(mesh)))
+
+    def run(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+            return jitted(params, batch)
+
+    return run

@@ -68,6 +68,23 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     return numerator, (stats, per_token * weights)
 
 
+def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+    """[batch, ...] -> [k, batch / k, ...]. Microbatch i takes rows i, i + k, i + 2k, ...:
+    every device holds a share of every microbatch, so no microbatch sits on 1/k of the
+    data-parallel devices (MaxText)."""
+    size = next(iter(batch.values())).shape[0]
+    if size % num_microbatches:
+        raise SettingError(f"batch size {size} is not divisible by "
+                           f"{num_microbatches} microbatches")
+    return jax.tree.map(lambda x: jnp.swapaxes(
+        x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1), batch)
+
+
+def join_microbatches(x: jax.Array) -> jax.Array:
+    """The inverse of `split_microbatches` for one array: rows back in batch order."""
+    return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
               loss: LossConfig, num_microbatches: int = 1):
     """(loss, grads, stats): sums over microbatches, one division at the end."""
@@ -76,14 +93,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
         (numerator, (stats, token_loss)), grads = grad_fn(params, batch, dropout_rng, model,
                                                           loss)
     else:
-        size = next(iter(batch.values())).shape[0]
-        if size % num_microbatches:
-            raise SettingError(f"batch size {size} is not divisible by "
-                               f"{num_microbatches} microbatches")
-        # Microbatch i takes rows i, i + k, i + 2k, ...: every device holds a share of every
-        # microbatch, so no microbatch sits on 1/k of the data-parallel devices (MaxText).
-        micro = jax.tree.map(lambda x: jnp.swapaxes(
-            x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1), batch)
+        micro = split_microbatches(batch, num_microbatches)
 
         def body(carry, xs):
             index, mb = xs
@@ -99,7 +109,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
         zero = (*zero, jax.tree.map(jnp.zeros_like, params))
         (numerator, stats, grads), token_loss = jax.lax.scan(
             body, zero, (jnp.arange(num_microbatches), micro))
-        token_loss = jnp.swapaxes(token_loss, 0, 1).reshape((size,) + token_loss.shape[2:])
+        token_loss = join_microbatches(token_loss)
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     grads = jax.tree.map(lambda g: g / norm, grads)
     return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,
@@ -119,3 +129,32 @@ def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *
     if learning_rate is not None:
         metrics["learning_rate"] = learning_rate(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_metrics(params: Any, batch: Batch, *, config: T5Config, loss: LossConfig,
+                 num_microbatches: int = 1) -> dict[str, jax.Array]:
+    """The train step's loss on a batch, without dropout or gradients (validation loss);
+    microbatched the same way, so a batch that trains also evaluates in memory."""
+    model = Transformer(config)
+
+    def terms(mb):
+        numerator, (stats, token_loss) = loss_terms(params, mb, None, model, loss)
+        return (numerator, stats), token_loss
+
+    if num_microbatches == 1:
+        (numerator, stats), token_loss = terms(batch)
+    else:
+        micro = split_microbatches(batch, num_microbatches)
+
+        def body(carry, mb):
+            mb = {k: nn.with_logical_constraint(v, ("batch", "length")) for k, v in mb.items()}
+            sums, tok = terms(mb)
+            return jax.tree.map(jnp.add, carry, sums), tok
+
+        shapes = jax.eval_shape(lambda b: terms(b)[0], jax.tree.map(lambda x: x[0], micro))
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (numerator, stats), token_loss = jax.lax.scan(body, zero, micro)
+        token_loss = join_microbatches(token_loss)
+    norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
+    return {"loss": numerator / norm, "z_loss": stats["z_numerator"] / norm,
+            "tokens": stats["tokens"], "token_loss": token_loss}

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
 
 from mtf import (
     checkpoint,
@@ -35,6 +34,7 @@ from mtf import (
     state,
     step,
     storage,
+    validation,
 )
 from mtf.data import batches, records
 from mtf.errors import SettingError, UserError
@@ -121,18 +121,6 @@ def _check_finite(value: float, step_number: int, ckpts: checkpoint.Checkpoints)
         "restarting resumes from that checkpoint")
 
 
-def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding,
-                  keys: tuple[str, ...]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, local[k]) for k in keys}
-
-
-def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
-    """The global array on every host: a global jax.Array, or each host's local rows."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _print_memory(compiled: Any) -> None:
     try:
         mem = compiled.memory_analysis()
@@ -203,6 +191,13 @@ def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
     so a bad evaluation task fails before the first step rather than after hours."""
     if not eval_period or eval_config is None or not eval_config.mixture_or_task_name:
         return None
+    if eval_config.optional and not eval_config.registered():
+        if jax.process_index() == 0:
+            print(f"no evaluation during training: EVAL_MIXTURE "
+                  f"{eval_config.mixture_or_task_name!r} is not registered (mt0_heldout needs "
+                  "XNLI_DIR, XCOPA_DIR, XSTORYCLOZE_DIR or XWINOGRAD_DIR; see README)",
+                  flush=True)
+        return None
     evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
     evaluator.examples()
     return evaluator
@@ -218,6 +213,15 @@ def _evaluate(evaluator: evaluation.Evaluator, params, step_number: int, model_d
         paths = report.write(storage.join(model_dir, "eval", f"step_{step_number}"), result)
         print(f"evaluation at step {step_number}:\n{report.summary(result)}\nreport: "
               f"{paths['md']} and {paths['png']}", flush=True)
+
+
+def _validate(validation_loss: validation.ValidationLoss, params, step_number: int,
+              writer: observability.MetricsWriter) -> None:
+    scalars = validation_loss(params)
+    writer.write(step_number, scalars, progress=False)
+    if jax.process_index() == 0:
+        print(f"validation loss at step {step_number}: {scalars['validation/loss']:.4f}",
+              flush=True)
 
 
 def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
@@ -262,7 +266,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
           checkpoint_config: checkpoint.CheckpointConfig | None = None,
           log_period: int = 10, seed: int = 0,
           peak_flops_per_device: float | None = None, eval_period: int | None = None,
-          eval_config: evaluation.EvalConfig | None = None) -> TrainResult:
+          eval_config: evaluation.EvalConfig | None = None,
+          eval_steps: int | None = None) -> TrainResult:
     """Trains `model_config` on `data` until step `train_steps` (the same target when it
     resumes; pretraining steps are not counted), see the module doc."""
     data = data or batches.DataConfig()
@@ -286,6 +291,10 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
         evaluator = _evaluator(model_config, mesh, eval_period, eval_config)
+        validation_loss = (validation.ValidationLoss(
+            model_config, mesh, compiled_step.shardings.params, data, batch_size, loss,
+            num_microbatches, eval_steps, jax.process_index(), jax.process_count())
+            if eval_period and eval_steps is not None else None)
         ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
         train_state, position, source = _restore_or_init(
             model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
@@ -314,7 +323,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         stream = batches.batches(data, batch_size, position, jax.process_index(),
                                  jax.process_count())
         preemption = _Preemption()
-        window = observability.LogWindow(_gather)
+        window = observability.LogWindow(partitioning.gather)
         save_clock = _SaveClock(checkpoint_config.minutes)
         losses: dict[int, float] = {}
         last_time, last_step = time.perf_counter(), start
@@ -326,7 +335,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                 local = next(stream)
                 if lock is not None:
                     lock.refresh()
-                batch = _global_batch(local, compiled_step.batch_sharding,
+                batch = partitioning.global_batch(local, compiled_step.batch_sharding,
                                       tuple(compiled_step.abstract_batch))
                 train_state, metrics = compiled(train_state, batch, rng)
                 log_now = done % log_period == 0 or done == train_steps
@@ -351,9 +360,13 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                 if save_now or stop_now:
                     ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
                     save_clock.saved()
-                if evaluator is not None and not stop_now and (
+                if eval_period and not stop_now and (
                         done % eval_period == 0 or done == train_steps):
-                    _evaluate(evaluator, train_state.params, done, model_dir, writer, source)
+                    if validation_loss is not None:
+                        _validate(validation_loss, train_state.params, done, writer)
+                    if evaluator is not None:
+                        _evaluate(evaluator, train_state.params, done, model_dir, writer,
+                                  source)
                 if stop_now:
                     if chief:
                         print(f"preempted: saved step {done}; rerun the same command to resume",

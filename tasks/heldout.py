@@ -9,8 +9,10 @@ Prompts are the ones mT0's evaluation applied: promptsource's templates (vendore
 templates/promptsource, Apache-2.0) for XNLI, COPA, story_cloze and winogrande, English
 originals marked `original_task`. Where promptsource has machine- or human-translated
 variants of them, `<family>_mt_<lang>` / `<family>_ht_<lang>` use those instead. Each
-family (and each variant) also gets a mixture of its languages. `register_multiple_choice`
-adds any jsonl multiple-choice set ({inputs, answer_choices, label, language}).
+family (and each variant) also gets a mixture of its languages, and `mt0_heldout` gathers
+the English-prompt tasks of every family registered (the mt0 recipes evaluate it).
+`register_multiple_choice` adds any jsonl multiple-choice set ({inputs, answer_choices,
+label, language}).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tasks import vocabularies
 PROMPTSOURCE = Path(__file__).resolve().parent / "templates" / "promptsource"
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr",
                   "ur", "vi", "zh")
+MIXTURE = "mt0_heldout"  # every family registered here, English prompts: the paper's table
 # family -> (English templates, folder of translated variants), as mT0's evaluation used them
 FAMILIES = {
     "xnli": ("xnli/en/templates.yaml", "xnli"),
@@ -107,6 +110,9 @@ def register_all(env: dict[str, str] | None = None) -> list[str]:
             _language(c): functools.partial(evalsets.xwinograd,
                                             storage.join(root, c, "test.jsonl"), _language(c))
             for c in _subdirs(root)})
+    english = [n for n in names if not any(f"_{k}_" in n for k in ("mt", "ht"))]
+    if english:
+        seqio_tasks.register_mixture(MIXTURE, [(n, 1.0) for n in english])
     return sorted(names)
 
 

@@ -46,7 +46,7 @@ def test_launch_prints_user_errors_alone_and_other_errors_with_their_traceback(t
 
 @pytest.mark.parametrize("binding,message", [
     ("TRAIN_STEP=10", "TRAIN_STEP is not a macro of the loaded gin files, so it would change "
-                      "nothing; did you mean TRAIN_STEPS?"),
+                      "nothing; did you mean TRAIN_STEPS"),
     ("train_steps=10", "did you mean TRAIN_STEPS"),
     ("TRAIN_STEPS=ten", "mtf.train.train.train_steps takes int, got 'ten' (str)"),
     ("LEARNING_RATE=fast", "mtf.train.train.learning_rate takes float, got 'fast' (str)"),

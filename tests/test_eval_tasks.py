@@ -70,6 +70,10 @@ def test_registers_every_family_with_promptsource_prompts(eval_dirs):
     assert {"xnli_sw", "xnli_mt_sw", "xnli_ht_sw", "xcopa_sw", "xcopa_mt_sw",
             "xstorycloze_hi", "xstorycloze_mt_hi", "xwinograd_pt", "xwinograd_mt_pt"} <= set(names)
     assert "xnli_mt_en" not in names and "xwinograd_ht_pt" not in names
+    # mt0_heldout (the mt0 recipes' EVAL_MIXTURE): every family, English prompts only
+    mt0 = {t.name for t in seqio.get_mixture_or_task(heldout.MIXTURE).tasks}
+    assert {"xnli_sw", "xcopa_sw", "xstorycloze_hi", "xwinograd_pt"} <= mt0
+    assert not any("_mt_" in n or "_ht_" in n for n in mt0)
     for family in ("xnli", "xnli_mt", "xnli_ht", "xcopa", "xcopa_mt", "xstorycloze",
                    "xwinograd", "xwinograd_mt"):
         assert family in seqio.MixtureRegistry.names()

@@ -126,3 +126,76 @@ def test_infer_cli_names_bad_lines(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "--checkpoint=" in out.stderr and "does not exist" in (
         out.stderr)
+
+
+def _replicated(mesh, tree):
+    from jax.sharding import NamedSharding, PartitionSpec
+    return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+
+
+def test_validation_loss_is_the_train_loss_on_the_validation_split(mesh, params):
+    """validation/loss is the train step's loss without dropout over the first EVAL_STEPS
+    validation batches, microbatched or not; per-language losses come with it."""
+    import dataclasses
+
+    from mtf import step, validation
+    from mtf.data import batches
+    from mtf.model import Transformer
+    data = batches.DataConfig("mini_xp3_sw", {"inputs": 24, "targets": 12}, pack=True)
+    loss = step.LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE", z_loss=1e-4)
+    dropout = TINY.replace(dropout_rate=0.3)  # validation must switch it off
+    results = [validation.ValidationLoss(dropout, mesh, _replicated(mesh, params), data, 8,
+                                         loss, k, steps=3)(params) for k in (1, 2)]
+    source = dataclasses.replace(data, split="validation", shuffle=False, seekable=False)
+    stream = batches.batches(source, 8)
+    model = Transformer(TINY)
+    expected = []
+    for _ in range(3):
+        batch = next(stream)
+        train_batch = {k: batch[k] for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                             "decoder_target_tokens", "encoder_segment_ids",
+                                             "decoder_segment_ids", "encoder_positions",
+                                             "decoder_positions", "decoder_loss_weights")}
+        expected.append(float(step.gradients(params, train_batch, None, model, loss)[0]))
+    for result in results:
+        assert result["validation/loss"] == pytest.approx(np.mean(expected), rel=1e-5)
+        assert any(k.startswith("validation/loss/") for k in result)
+        assert "validation/grad_norm" not in result
+    # the validation split, not the training one
+    train_stream = batches.batches(dataclasses.replace(data, shuffle=False, seekable=False), 8)
+    assert not np.array_equal(next(train_stream)["encoder_input_tokens"],
+                              next(batches.batches(source, 8))["encoder_input_tokens"])
+    with pytest.raises(SettingError, match="EVAL_STEPS=0"):
+        validation.ValidationLoss(TINY, mesh, _replicated(mesh, params), data, 8, loss, 1, 0)
+
+
+def test_optional_eval_mixture_lets_training_go_on(mesh, capsys):
+    from mtf import train
+    missing = evaluation.EvalConfig(mixture_or_task_name="no_such_heldout_mixture",
+                                    task_feature_lengths=LENGTHS, optional=True)
+    assert train._evaluator(TINY, mesh, 10, missing) is None
+    assert "'no_such_heldout_mixture' is not registered" in capsys.readouterr().out
+    with pytest.raises(SettingError, match="not registered"):
+        train._evaluator(TINY, mesh, 10, dataclasses_replace(missing, optional=False))
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.mark.parametrize("recipe", ["mt0_small", "mt0_base", "mt0_large", "mt0_xl",
+                                    "mt0_xxl", "mt0_xxl_v4_64"])
+def test_mt0_recipes_evaluate_the_registered_heldout_sets(recipe):
+    import gin
+
+    from mtf import config
+    gin.clear_config()
+    try:
+        config.parse([f"gin/{recipe}.gin"], ["MODEL_DIR='/tmp/x'"])
+        assert gin.query_parameter("%EVAL_MIXTURE") == heldout.MIXTURE
+        assert gin.query_parameter("%EVAL_MIXTURE_OPTIONAL") is True
+        assert gin.query_parameter("%EVAL_STEPS") == 20
+        assert gin.query_parameter("%EVAL_PERIOD") == 1000
+    finally:
+        gin.clear_config()

@@ -90,11 +90,29 @@ def test_train_kill_resume_and_convert_on_gs(gcs, tmp_path):
                                [expected[s] for s in range(step + 1, 21)], rtol=1e-6)
 
     # A new run starts from that gs:// step (INITIAL_CHECKPOINT_PATH: parameters only).
+    # It evaluates in training: validation loss of xP3 read from gs://, held-out scores,
+    # the report written to gs://.
     finetuned = gs_run(gcs, tmp_path, "from_step",
                        INITIAL_CHECKPOINT_PATH="'gs://bucket/run/checkpoints/20'",
-                       TRAIN_STEPS="2")
+                       TRAIN_STEPS="2", EVAL_PERIOD="2", EVAL_STEPS="2",
+                       EVAL_MIXTURE="'mini_xp3_heldout_ig'", EVAL_MAX_EXAMPLES="1")
     assert finetuned.returncode == 0, finetuned.stderr[-3000:]
     assert "initialised from gs://bucket/run/checkpoints/20" in finetuned.stdout
+    logged = [json.loads(line) for line in
+              gcs.read("bucket", "from_step/metrics.jsonl").decode().splitlines()]
+    assert any("validation/loss" in r and r["step"] == 2 for r in logged)
+    trained_report = json.loads(gcs.read("bucket", "from_step/eval/step_2/results.json"))
+    assert "term_to_english" in trained_report["results"]
+
+    # eval.gin on a gs:// MODEL_DIR (its newest checkpoint), the report to another gs:// dir
+    evaluated = subprocess.run(
+        gs_args("eval_run", EVAL_MIXTURE="'mini_xp3_heldout_ig'", EVAL_MAX_EXAMPLES="1",
+                CHECKPOINT_PATH="'gs://bucket/run'") + ["--gin_file=gin/runs/eval.gin"],
+        cwd=REPO, env=gs_env(gcs, tmp_path), capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(gcs.read("bucket", "eval_run/eval/step_20/results.json"))
+    assert report["step"] == 20 and "gs://bucket/run" in report["checkpoint"]
+    assert "eval_run/eval/step_20/results.png" in gcs.names("bucket", "eval_run/")
 
     # A training step on gs:// converts to Hugging Face files (and reads back the same).
     out = tmp_path / "hf"

@@ -34,13 +34,18 @@ def test_embedded_default_trains_from_any_directory(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiled train step, per device:" in result.stdout
-    records = [r for r in metrics(model_dir) if not any(k.startswith("eval/") for k in r)]
+    records = [r for r in metrics(model_dir)
+               if not any(k.startswith(("eval/", "validation/")) for k in r)]
     for key in ("step", "loss", "learning_rate", "tokens_per_second", "grad_norm", "mfu"):
         assert all(key in r for r in records), key
     assert any(k.startswith("loss/") and k[5:] in ("sw", "yo", "hi") for r in records for k in r)
     assert any(k.startswith("loss/task/term_") for r in records for k in r)
     first, last = records[0]["loss"], np.mean([r["loss"] for r in records[-3:]])
     assert first - last > 1.0, (first, last)
+    # EVAL_PERIOD also measures the loss on the mixture's validation split (EVAL_STEPS)
+    (validation,) = [r for r in metrics(model_dir) if "validation/loss" in r]
+    assert validation["step"] == 300 and validation["validation/loss"] < first - 1.0
+    assert "validation loss at step 300:" in result.stdout
     with checkpoint.Checkpoints(str(model_dir)) as ckpts:
         assert ckpts.latest_step() == 300
     assert list((model_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
