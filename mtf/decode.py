@@ -160,19 +160,25 @@ def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
         return token, out, total, done | (token == EOS_ID), key
 
-    def body(carry):
-        i, log_probs, cache, out, total, done, key = carry
-        token, out, total, done, key = emit(i, log_probs, out, total, done, key)
-        log_probs, cache = step(cache, token[:, None], "read")
-        return i + 1, log_probs, cache, out, total, done, key
+    # Each step's distribution is used inside the iteration that computes it, so only the
+    # chosen tokens cross iterations (not [batch, vocab] log-probabilities), and the loop
+    # stops as soon as every row has ended.
+    out = jnp.zeros((batch, length), jnp.int32)
+    token, out, total, done, key = emit(jnp.int32(0), log_probs, out,
+                                        jnp.zeros((batch,), jnp.float32),
+                                        jnp.zeros((batch,), bool), rng)
 
-    def cond(carry):  # the last position is emitted after the loop: no step after it
+    def body(carry):
+        i, token, cache, out, total, done, key = carry
+        log_probs, cache = step(cache, token[:, None], "read")
+        token, out, total, done, key = emit(i + 1, log_probs, out, total, done, key)
+        return i + 1, token, cache, out, total, done, key
+
+    def cond(carry):
         return (carry[0] < length - 1) & ~jnp.all(carry[5])
 
-    init = (jnp.int32(0), log_probs, cache, jnp.zeros((batch, length), jnp.int32),
-            jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), bool), rng)
-    i, log_probs, _, out, total, done, key = jax.lax.while_loop(cond, body, init)
-    _, out, total, _, _ = emit(i, log_probs, out, total, done, key)
+    _, _, _, out, total, _, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), token, cache, out, total, done, key))
     return out[:, None], total[:, None], total[:, None]
 
 
