@@ -22,21 +22,17 @@ def steps(model_dir):
         return ckpts.all_steps()
 
 
-def test_checkpoint_minutes_saves_between_periods(tmp_path):
+def test_metrics_average_over_the_log_window_and_checkpoint_minutes(tmp_path):
+    """Two runs of the same 8 steps: one logs every step and saves only at the end, the
+    other logs every 4 and saves on the clock between periods (CHECKPOINT_MINUTES)."""
+    every = run(tmp_path / "every", TRAIN_STEPS="8", LOG_PERIOD="1", CHECKPOINT_PERIOD="1000",
+                CHECKPOINT_MINUTES="None")
     # A period that never comes: every save but the last is the clock's (~0.1 s here).
-    result = run(tmp_path, TRAIN_STEPS="4", CHECKPOINT_PERIOD="1000",
-                 CHECKPOINT_MINUTES="1e-6")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert steps(tmp_path) == [1, 2, 3, 4]
-    without = run(tmp_path / "b", TRAIN_STEPS="4", CHECKPOINT_PERIOD="1000",
-                  CHECKPOINT_MINUTES="None")
-    assert without.returncode == 0 and steps(tmp_path / "b") == [4]
-
-
-def test_metrics_average_over_the_log_window(tmp_path):
-    every = run(tmp_path / "every", TRAIN_STEPS="8", LOG_PERIOD="1")
-    window = run(tmp_path / "window", TRAIN_STEPS="8", LOG_PERIOD="4")
+    window = run(tmp_path / "window", TRAIN_STEPS="8", LOG_PERIOD="4",
+                 CHECKPOINT_PERIOD="1000", CHECKPOINT_MINUTES="1e-6")
     assert every.returncode == 0 and window.returncode == 0, window.stderr[-3000:]
+    assert steps(tmp_path / "window") == list(range(1, 9))
+    assert steps(tmp_path / "every") == [8]
     per_step = {m["step"]: m for m in metrics(tmp_path / "every")}
     logged = {m["step"]: m for m in metrics(tmp_path / "window")}
     assert sorted(logged) == [4, 8]
