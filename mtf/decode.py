@@ -116,17 +116,21 @@ def _no_early_eos(log_probs: jax.Array, i: jax.Array, min_length: int) -> jax.Ar
                                                  log_probs[:, EOS_ID]))
 
 
+def _log_probs(logits: jax.Array) -> jax.Array:
+    """Log-probabilities with pad never chosen (the model's distribution, not renormalised)."""
+    return jax.nn.log_softmax(logits).at[:, PAD_ID].set(NEG_INF)
+
+
 def _step_fn(model: Transformer, params: Any, encoded: jax.Array, encoder_tokens: jax.Array,
              length: int):
-    """(cache, tokens [b, 1], mode) -> (log-probabilities [b, vocab], cache)."""
+    """(cache, tokens [b, 1], mode) -> (float32 logits [b, vocab], cache)."""
 
     def step(cache, tokens, mode):
         logits, variables = model.apply(
             {"params": params, "cache": cache}, encoded, encoder_tokens, tokens, tokens,
             enable_dropout=False, decode=True, max_decode_length=length, cross_cache=mode,
             mutable=["cache"], method=Transformer.decode)
-        log_probs = jax.nn.log_softmax(logits[:, -1, :].astype(jnp.float32))
-        return log_probs.at[:, PAD_ID].set(NEG_INF), variables["cache"]
+        return logits[:, -1, :].astype(jnp.float32), variables["cache"]
 
     return step
 
@@ -142,21 +146,24 @@ def _empty_cache(model: Transformer, batch: int, input_length: int, length: int)
 def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
     """Greedy (temperature 0) or sampling: one token per row per step until all hit EOS."""
     length = cfg.max_decode_length
-    log_probs, cache = step(cache, jnp.zeros((batch, 1), jnp.int32), "fill")
+    logits, cache = step(cache, jnp.zeros((batch, 1), jnp.int32), "fill")
 
-    def choose(log_probs, key):
+    def choose(logits, key):
         if cfg.temperature == 0.0:
-            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-        logits = filter_logits(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
         return jax.random.categorical(key, logits).astype(jnp.int32)
 
-    def emit(i, log_probs, out, total, done, key):
-        """Chooses and writes position i's token (pad for finished rows)."""
-        log_probs = _no_early_eos(log_probs, i, cfg.min_decode_length)
+    def emit(i, logits, out, total, done, key):
+        """Chooses and writes position i's token (pad for finished rows). Works on logits
+        (choices are shift-invariant) and subtracts the log-normaliser only for the
+        chosen token, so no [batch, vocab] log-probabilities are formed."""
+        normaliser = jax.nn.logsumexp(logits, axis=-1)
+        allowed = _no_early_eos(logits.at[:, PAD_ID].set(NEG_INF), i, cfg.min_decode_length)
         key, sub = jax.random.split(key)
-        token = jnp.where(done, PAD_ID, choose(log_probs, sub))
+        token = jnp.where(done, PAD_ID, choose(allowed, sub))
         total = total + jnp.where(done, 0.0, jnp.take_along_axis(
-            log_probs, token[:, None], axis=-1)[:, 0])
+            allowed, token[:, None], axis=-1)[:, 0] - normaliser)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
         return token, out, total, done | (token == EOS_ID), key
 
@@ -164,14 +171,14 @@ def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
     # chosen tokens cross iterations (not [batch, vocab] log-probabilities), and the loop
     # stops as soon as every row has ended.
     out = jnp.zeros((batch, length), jnp.int32)
-    token, out, total, done, key = emit(jnp.int32(0), log_probs, out,
+    token, out, total, done, key = emit(jnp.int32(0), logits, out,
                                         jnp.zeros((batch,), jnp.float32),
                                         jnp.zeros((batch,), bool), rng)
 
     def body(carry):
         i, token, cache, out, total, done, key = carry
-        log_probs, cache = step(cache, token[:, None], "read")
-        token, out, total, done, key = emit(i + 1, log_probs, out, total, done, key)
+        logits, cache = step(cache, token[:, None], "read")
+        token, out, total, done, key = emit(i + 1, logits, out, total, done, key)
         return i + 1, token, cache, out, total, done, key
 
     def cond(carry):
@@ -198,7 +205,8 @@ def _gather_beams(tree: Any, beams: jax.Array, batch: int, beam_size: int) -> An
 def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
     """T5X-style beam search over a cache already holding `beam_size` rows per example."""
     k, length = cfg.beam_size, cfg.max_decode_length
-    log_probs, cache = step(cache, jnp.zeros((batch * k, 1), jnp.int32), "fill")
+    logits, cache = step(cache, jnp.zeros((batch * k, 1), jnp.int32), "fill")
+    log_probs = _log_probs(logits)
     vocab = log_probs.shape[-1]
     if 2 * k > k * vocab:
         raise SettingError(f"beam_size {k} needs a vocabulary of at least 2 tokens")
@@ -224,8 +232,8 @@ def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
         alive_seq = jnp.take_along_axis(seqs, chosen[:, :, None], axis=1)
         cache = _gather_beams(cache, jnp.take_along_axis(source, chosen, axis=1), batch, k)
         next_token = jnp.take_along_axis(token, chosen, axis=1).reshape(batch * k, 1)
-        log_probs, cache = step(cache, next_token, "read")
-        return (i + 1, log_probs, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp)
+        logits, cache = step(cache, next_token, "read")
+        return (i + 1, _log_probs(logits), cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp)
 
     def cond(carry):
         i, alive_lp, fin_score = carry[0], carry[4], carry[6]
