@@ -68,7 +68,7 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     return numerator, (stats, per_token * weights)
 
 
-def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     """[batch, ...] -> [k, batch / k, ...]. Microbatch i takes rows i, i + k, i + 2k, ...:
     every device holds a share of every microbatch, so no microbatch sits on 1/k of the
     data-parallel devices (MaxText)."""
@@ -80,36 +80,44 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
         x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]), 0, 1), batch)
 
 
-def join_microbatches(x: jax.Array) -> jax.Array:
-    """The inverse of `split_microbatches` for one array: rows back in batch order."""
+def _join_microbatches(x: jax.Array) -> jax.Array:
+    """The inverse of `_split_microbatches` for one array: rows back in batch order."""
     return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int):
+    """fn(microbatch, index) -> (sums, per_row): the sums added over the microbatches (one
+    scan), the per-row results back in batch order; k = 1 calls fn(batch, None) once."""
+    if num_microbatches == 1:
+        return fn(batch, None)
+    micro = _split_microbatches(batch, num_microbatches)
+
+    def body(carry, xs):
+        index, mb = xs
+        mb = {k: nn.with_logical_constraint(v, ("batch", "length")) for k, v in mb.items()}
+        sums, per_row = fn(mb, index)
+        return jax.tree.map(jnp.add, carry, sums), per_row
+
+    shapes = jax.eval_shape(lambda mb: fn(mb, jnp.int32(0))[0],
+                            jax.tree.map(lambda x: x[0], micro))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    sums, per_row = jax.lax.scan(body, zero, (jnp.arange(num_microbatches), micro))
+    return sums, _join_microbatches(per_row)
 
 
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
               loss: LossConfig, num_microbatches: int = 1):
     """(loss, grads, stats): sums over microbatches, one division at the end."""
     grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
-    if num_microbatches == 1:
-        (numerator, (stats, token_loss)), grads = grad_fn(params, batch, dropout_rng, model,
-                                                          loss)
-    else:
-        micro = split_microbatches(batch, num_microbatches)
 
-        def body(carry, xs):
-            index, mb = xs
-            mb = {k: nn.with_logical_constraint(v, ("batch", "length")) for k, v in mb.items()}
-            rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-            (num, (st, tok)), g = grad_fn(params, mb, rng, model, loss)
-            return jax.tree.map(jnp.add, carry, (num, st, g)), tok
+    def terms(mb, index):
+        rng = (dropout_rng if dropout_rng is None or index is None
+               else jax.random.fold_in(dropout_rng, index))
+        (numerator, (stats, token_loss)), grads = grad_fn(params, mb, rng, model, loss)
+        return (numerator, stats, grads), token_loss
 
-        first = jax.tree.map(lambda x: x[0], micro)
-        (num_shape, (stats_shape, _)), _ = jax.eval_shape(
-            lambda p, b, r: grad_fn(p, b, r, model, loss), params, first, dropout_rng)
-        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (num_shape, stats_shape))
-        zero = (*zero, jax.tree.map(jnp.zeros_like, params))
-        (numerator, stats, grads), token_loss = jax.lax.scan(
-            body, zero, (jnp.arange(num_microbatches), micro))
-        token_loss = join_microbatches(token_loss)
+    (numerator, stats, grads), token_loss = _summed_over_microbatches(
+        terms, batch, num_microbatches)
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     grads = jax.tree.map(lambda g: g / norm, grads)
     return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,
@@ -137,24 +145,11 @@ def eval_metrics(params: Any, batch: Batch, *, config: T5Config, loss: LossConfi
     microbatched the same way, so a batch that trains also evaluates in memory."""
     model = Transformer(config)
 
-    def terms(mb):
+    def terms(mb, _index):
         numerator, (stats, token_loss) = loss_terms(params, mb, None, model, loss)
         return (numerator, stats), token_loss
 
-    if num_microbatches == 1:
-        (numerator, stats), token_loss = terms(batch)
-    else:
-        micro = split_microbatches(batch, num_microbatches)
-
-        def body(carry, mb):
-            mb = {k: nn.with_logical_constraint(v, ("batch", "length")) for k, v in mb.items()}
-            sums, tok = terms(mb)
-            return jax.tree.map(jnp.add, carry, sums), tok
-
-        shapes = jax.eval_shape(lambda b: terms(b)[0], jax.tree.map(lambda x: x[0], micro))
-        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        (numerator, stats), token_loss = jax.lax.scan(body, zero, micro)
-        token_loss = join_microbatches(token_loss)
+    (numerator, stats), token_loss = _summed_over_microbatches(terms, batch, num_microbatches)
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     return {"loss": numerator / norm, "z_loss": stats["z_numerator"] / norm,
             "tokens": stats["tokens"], "token_loss": token_loss}
