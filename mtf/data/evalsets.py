@@ -168,6 +168,6 @@ def choice_examples(raw: Iterator[Mapping[str, Any]], prompts: Sequence[template
             expected = record["label"]
             if label != expected and (expected >= len(choices) or choices[expected] != target):
                 raise records.RecordError(f"{where}: template {t.id!r} makes choice {label} "
-                                          f"right; the record's label is {record['label']}")
+                                          f"right; the record's label is {expected}")
             yield {"inputs": inputs, "answer_choices": choices, "label": label,
                    "language": record["language"], "template": t.id}

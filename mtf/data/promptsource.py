@@ -41,14 +41,13 @@ class PromptFile:
     """One promptsource file: its templates by kind ('en', 'mt', 'ht'), each named by its
     English name (the translation suffix dropped) so one prompt is one column in reports."""
 
-    path: Path
-    language: str
     templates: dict[str, tuple[Template, ...]]
     original_task: frozenset[str]  # English names promptsource marks as the dataset's task
 
 
-def read(path: str | Path, language: str | None = None) -> PromptFile:
-    """Reads `path`; `language` defaults to the file's `subset` (its folder)."""
+def read(path: str | Path, language: str) -> PromptFile:
+    """Reads `path`, whose translated prompts are in `language`; their names end in
+    `_<folder>mt` / `_<folder>ht` after the file's folder."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"promptsource template file {path} does not exist")
@@ -59,12 +58,9 @@ def read(path: str | Path, language: str | None = None) -> PromptFile:
     if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
         raise TemplateError(f"promptsource file {path}: expected 'dataset' and a 'templates' "
                             "mapping of !Template entries")
-    folder = language or path.parent.name
-    code = languages.normalize(FOLDER_LANGUAGES.get(folder, folder)) if language or \
-        _is_language(folder) else "en"
     by_kind: dict[str, list[Template]] = {k: [] for k in KINDS}
     original: set[str] = set()
-    suffix = re.compile(rf"_{re.escape(folder)}(mt|ht)$")
+    suffix = re.compile(rf"_{re.escape(path.parent.name)}(mt|ht)$")
     for key, entry in data["templates"].items():
         where = f"{path} template {key}"
         if not isinstance(entry, dict) or not isinstance(entry.get("jinja"), str) \
@@ -73,22 +69,21 @@ def read(path: str | Path, language: str | None = None) -> PromptFile:
         match = suffix.search(entry["name"])
         kind = match.group(1) if match else "en"
         name = entry["name"][:match.start()] if match else entry["name"]
-        template = Template(name, entry["jinja"], "en" if kind == "en" else code,
+        template = Template(name, entry["jinja"], "en" if kind == "en" else language,
                             entry.get("answer_choices"), where)
         check(template)
         by_kind[kind].append(template)
         if kind == "en" and (entry.get("metadata") or {}).get("original_task"):
             original.add(name)
-    return PromptFile(path, code, {k: tuple(v) for k, v in by_kind.items()},
-                      frozenset(original))
+    return PromptFile({k: tuple(v) for k, v in by_kind.items()}, frozenset(original))
 
 
-def _is_language(folder: str) -> bool:
+def folder_language(folder: str) -> str | None:
+    """The language a promptsource folder names ('jp' -> 'ja'), or None (e.g. 'copa')."""
     try:
-        languages.normalize(FOLDER_LANGUAGES.get(folder, folder))
+        return languages.normalize(FOLDER_LANGUAGES.get(folder, folder))
     except languages.LanguageError:
-        return False
-    return True
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +102,6 @@ class Prompts:
             return self.english
         return self.translated[kind].get(languages.base_language(language), ())
 
-    def languages(self, kind: str) -> list[str]:
-        return sorted(self.translated.get(kind, {}))
-
 
 def family(english: str | Path, translations: str | Path | None = None) -> Prompts:
     """English templates from the file `english`; translated ones from every
@@ -120,14 +112,15 @@ def family(english: str | Path, translations: str | Path | None = None) -> Promp
     translated: dict[str, dict[str, tuple[Template, ...]]] = {"mt": {}, "ht": {}}
     if translations is not None:
         for path in sorted(Path(translations).glob("*/templates.yaml")):
-            if not _is_language(path.parent.name) or path.parent.name == "en":
+            code = folder_language(path.parent.name)
+            if code is None or code == "en":
                 continue
-            found = read(path)
+            found = read(path, code)
             for kind in ("mt", "ht"):
                 kept = tuple(renamed for t in found.templates[kind]
                              if (renamed := _english_name(t, keep)) is not None)
                 if kept:
-                    translated[kind][languages.base_language(found.language)] = kept
+                    translated[kind][languages.base_language(code)] = kept
     return Prompts(chosen, translated)
 
 
