@@ -150,19 +150,24 @@ def decode_bench(args: argparse.Namespace) -> dict:
     }
 
 
+def _shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch shapes both benchmarks take."""
+    parser.add_argument("--model", default="small",
+                        choices=["tiny", "small", "base", "large", "xl", "xxl"])
+    parser.add_argument("--vocab", type=int, default=250112)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--inputs", type=int, default=128)
+    parser.add_argument("--targets", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train-step throughput")
-    p.add_argument("--model", default="small",
-                   choices=["tiny", "small", "base", "large", "xl", "xxl"])
-    p.add_argument("--vocab", type=int, default=250112)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--inputs", type=int, default=128)
-    p.add_argument("--targets", type=int, default=32)
+    _shape_arguments(p)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,model sizes")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
@@ -171,15 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true",
                    help="keep TensorFlow's, absl's and libtpu's start-up messages")
     d = sub.add_parser("decode", help="greedy decoding and rank-classification speed")
-    d.add_argument("--model", default="small",
-                   choices=["tiny", "small", "base", "large", "xl", "xxl"])
-    d.add_argument("--vocab", type=int, default=250112)
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--inputs", type=int, default=128)
-    d.add_argument("--targets", type=int, default=32)
+    _shape_arguments(d)
     d.add_argument("--choices", type=int, default=4)
     d.add_argument("--repeats", type=int, default=3)
-    d.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     d.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     from mtf import quiet
