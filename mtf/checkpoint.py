@@ -227,7 +227,10 @@ def load_initial_params(path: str, config: T5Config,
                         setting: str = "INITIAL_CHECKPOINT_PATH") -> Any:
     """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
     from mtf.convert import load_hf, load_params, load_t5x
+    from mtf.convert.native import training_step
 
+    if storage.exists(path):
+        path = training_step(path) or path  # a run's MODEL_DIR: its newest step
     fmt = detect_format(path, setting)
     logging.info("initial checkpoint %s (%s format)", path, fmt)
     if fmt == "t5x":
@@ -245,9 +248,9 @@ def load_initial_params(path: str, config: T5Config,
     return params
 
 
-def place(params: Any, shardings: Any) -> Any:
+def place(params: Any, shardings: Any, dtype: Any = np.float32) -> Any:
     """Host numpy params -> global arrays on `shardings` (each process puts its shards)."""
     return jax.tree.map(
         lambda x, s: jax.make_array_from_callback(
-            np.shape(x), s, lambda index: np.asarray(x[index], np.float32)), params, shardings)
+            np.shape(x), s, lambda index: np.asarray(x[index], dtype)), params, shardings)
 

@@ -33,6 +33,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("relpos_buckets", None),
     ("layers", None),
+    ("lora_rank", None),  # adapters shard like their kernels along the other axis
 )
 
 

@@ -79,7 +79,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return TrainProgram(mesh, jitted, abstract_state, shardings, batch_spec,
                         abstract_batch(batch_size, lengths, pack, batch_spec),
-                        model_config.dropout_rate > 0)
+                        model_config.uses_dropout)
 
 
 def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,

@@ -1,8 +1,13 @@
-"""Train state initialised directly sharded, from its abstract shape (nothing gathered)."""
+"""Train state initialised directly sharded, from its abstract shape (nothing gathered).
+
+With LoRA (`T5Config.lora`) the state trains the adapters only: `params` holds them and the
+optimizer state is theirs; the base sits in `frozen`, in the LoRA base dtype.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,15 +15,30 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
-from mtf.model import T5Config, init_params, logical_axes
+from mtf.model import T5Config, init_params, logical_axes, lora
 from mtf.step import TrainState
+
+
+def trained_and_frozen(params: Any, config: T5Config) -> tuple[Any, Any]:
+    """(what trains, what stays frozen or None) of a full parameter tree (or any tree shaped
+    like it, e.g. its shardings)."""
+    if config.lora is None:
+        return params, None
+    base, adapters = lora.split(params)
+    return adapters, base
+
+
+def frozen_dtype(config: T5Config) -> jnp.dtype:
+    return jnp.dtype(config.lora.base_dtype if config.lora else "float32")
 
 
 def _init(config: T5Config, optimizer: optax.GradientTransformation, rng: jax.Array
           ) -> TrainState:
-    params = init_params(config, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    trained, frozen = trained_and_frozen(init_params(config, rng), config)
+    if frozen is not None:
+        frozen = jax.tree.map(lambda x: x.astype(frozen_dtype(config)), frozen)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=trained,
+                      opt_state=optimizer.init(trained), frozen=frozen)
 
 
 def state_shardings(config: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -26,19 +46,22 @@ def state_shardings(config: T5Config, optimizer: optax.GradientTransformation, m
     """(abstract state, its shardings). Optimizer statistics shaped like their parameter
     share its sharding (fully sharded optimizer state); factored rows/columns and scalars
     are replicated (they are small)."""
+    lora.targeted(config)  # LoRA settings that select nothing, or do not fit, fail here
     abstract = jax.eval_shape(functools.partial(_init, config, optimizer), jax.random.key(0))
     specs = logical_axes(config)
-    missing = partitioning.unannotated(specs, abstract.params)
+    missing = partitioning.unannotated(specs, abstract.model_params())
     if missing:
         raise ValueError(f"parameters without logical axis names: {missing}")
-    param_shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+    param_shardings, frozen_shardings = trained_and_frozen(
+        partitioning.logical_to_sharding(specs, mesh, rules), config)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(
         optimizer,
         lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
         abstract.opt_state, param_shardings, abstract.params,
         transform_non_params=lambda _: replicated)
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                           frozen=frozen_shardings)
     return abstract, shardings
 
 
@@ -46,3 +69,17 @@ def init_state(config: T5Config, optimizer: optax.GradientTransformation, mesh: 
                rng: jax.Array, rules=partitioning.RULES) -> TrainState:
     _, shardings = state_shardings(config, optimizer, mesh, rules)
     return jax.jit(functools.partial(_init, config, optimizer), out_shardings=shardings)(rng)
+
+
+def init_adapters(config: T5Config, optimizer: optax.GradientTransformation, frozen: Any,
+                  shardings: TrainState, rng: jax.Array) -> TrainState:
+    """A LoRA state at step 0 on a loaded base: fresh adapters (B = 0: the base model's
+    outputs) and their optimizer state; the base arrays are used as they are."""
+    def fresh(key):
+        adapters, _ = trained_and_frozen(init_params(config, key), config)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=adapters,
+                          opt_state=optimizer.init(adapters))
+
+    out = shardings.replace(frozen=None)
+    state = jax.jit(fresh, out_shardings=out)(rng)
+    return state.replace(frozen=frozen)

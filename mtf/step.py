@@ -13,7 +13,7 @@ import optax
 
 from mtf import losses
 from mtf.errors import SettingError
-from mtf.model import T5Config, Transformer, output_projection
+from mtf.model import T5Config, Transformer, lora, output_projection
 
 Batch = dict[str, jax.Array]
 MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -22,9 +22,17 @@ MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_
 
 
 class TrainState(flax.struct.PyTreeNode):
+    """`params` are what trains (all parameters; with LoRA the adapters alone), `frozen` the
+    LoRA base that does not (no gradients, no optimizer state; None without LoRA)."""
+
     step: jax.Array
     params: Any
     opt_state: Any
+    frozen: Any = None
+
+    def model_params(self) -> Any:
+        """The whole tree the network applies (the base joined with the adapters)."""
+        return self.params if self.frozen is None else lora.join(self.frozen, self.params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +54,13 @@ class LossConfig:
 
 
 def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
-               loss: LossConfig) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+               loss: LossConfig, frozen: Any = None
+               ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
     """Numerator (differentiated), the summed statistics of one microbatch, and each target
-    token's weighted cross-entropy (for per-language and per-task loss on the host)."""
+    token's weighted cross-entropy (for per-language and per-task loss on the host).
+    `frozen`: the LoRA base, joined to `params` (the adapters) but not differentiated."""
+    if frozen is not None:
+        params = lora.join(frozen, params)
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     hidden = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
@@ -106,14 +118,16 @@ def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int):
 
 
 def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
-              loss: LossConfig, num_microbatches: int = 1):
-    """(loss, grads, stats): sums over microbatches, one division at the end."""
+              loss: LossConfig, num_microbatches: int = 1, frozen: Any = None):
+    """(loss, grads, stats): sums over microbatches, one division at the end; gradients
+    of `params` only (with LoRA: the adapters, `frozen` being the base)."""
     grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
 
     def terms(mb, index):
         rng = (dropout_rng if dropout_rng is None or index is None
                else jax.random.fold_in(dropout_rng, index))
-        (numerator, (stats, token_loss)), grads = grad_fn(params, mb, rng, model, loss)
+        (numerator, (stats, token_loss)), grads = grad_fn(params, mb, rng, model, loss,
+                                                          frozen)
         return (numerator, stats, grads), token_loss
 
     (numerator, stats, grads), token_loss = _summed_over_microbatches(
@@ -130,7 +144,8 @@ def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     model = Transformer(config)
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, state.step)
-    value, grads, stats = gradients(state.params, batch, rng, model, loss, num_microbatches)
+    value, grads, stats = gradients(state.params, batch, rng, model, loss, num_microbatches,
+                                    state.frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **stats}

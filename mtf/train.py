@@ -22,6 +22,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from mtf import (
+    adapters,
     checkpoint,
     evaluation,
     flops,
@@ -137,9 +138,25 @@ def _print_memory(compiled: Any) -> None:
           f"{mem.generated_code_size_in_bytes / 1024 ** 2:.1f} MiB", flush=True)
 
 
+def _lora_base(model_config: T5Config, initial_checkpoint_path: str | None, shardings
+               ) -> tuple[Any, dict[str, str]]:
+    """The frozen base of a LoRA run, placed in its dtype, and its record (checked against
+    the one saved with the adapters when resuming)."""
+    if not initial_checkpoint_path:
+        raise SettingError("a LoRA run (runs/lora.gin) adapts a trained model: set "
+                           "INITIAL_CHECKPOINT_PATH to it (an mtf, T5X or Hugging Face "
+                           "checkpoint); it is loaded on every start, resume included")
+    base = checkpoint.load_initial_params(initial_checkpoint_path, model_config.base)
+    record = adapters.base_record(initial_checkpoint_path, model_config, base)
+    return checkpoint.place(base, shardings.frozen, state.frozen_dtype(model_config)), record
+
+
 def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
-                     data: batches.DataConfig, abstract, shardings, batch_size: int):
+                     data: batches.DataConfig, abstract, shardings, batch_size: int,
+                     lora_base: tuple[Any, dict[str, str]] | None = None):
     latest, restored, damaged = None, None, []
+    if lora_base is not None:  # only the adapters and their optimizer state are saved
+        abstract, shardings = abstract.replace(frozen=None), shardings.replace(frozen=None)
     for candidate in sorted(ckpts.all_steps(), reverse=True):
         try:
             restored, position, saved = ckpts.restore(candidate, abstract, shardings)
@@ -173,7 +190,17 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
         if position.get("mixture") not in (None, data.mixture_or_task_name):
             logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
                             data.mixture_or_task_name, position.get("mixture"))
+        if lora_base is not None:
+            frozen, record = lora_base
+            adapters.check_base(position.get("lora_base"), record,
+                                f"{ckpts.directory}/{latest}")
+            restored = restored.replace(frozen=frozen)
         return restored, int(position["batches"]), f"resumed from step {latest}"
+    if lora_base is not None:
+        fresh = state.init_adapters(model_config, optimizer, lora_base[0], shardings,
+                                    jax.random.key(seed))
+        return (fresh, 0, f"LoRA adapters (rank {model_config.lora.rank}) initialised on "
+                f"{initial_checkpoint_path}")
     if initial_checkpoint_path:
         params = checkpoint.load_initial_params(initial_checkpoint_path, model_config)
         params = checkpoint.place(params, shardings.params)
@@ -292,13 +319,15 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
         evaluator = _evaluator(model_config, mesh, eval_period, eval_config)
         validation_loss = (validation.ValidationLoss(
-            model_config, mesh, compiled_step.shardings.params, data, batch_size, loss,
+            model_config, mesh, compiled_step.shardings.model_params(), data, batch_size, loss,
             num_microbatches, eval_steps, jax.process_index(), jax.process_count())
             if eval_period and eval_steps is not None else None)
         ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
+        lora_base = (_lora_base(model_config, initial_checkpoint_path, compiled_step.shardings)
+                     if model_config.lora is not None else None)
         train_state, position, source = _restore_or_init(
             model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
-            compiled_step.abstract_state, compiled_step.shardings, batch_size)
+            compiled_step.abstract_state, compiled_step.shardings, batch_size, lora_base)
         start = int(jax.device_get(train_state.step))
         if chief:
             print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
@@ -329,6 +358,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         last_time, last_step = time.perf_counter(), start
         data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed,
                      "batch_size": batch_size, "vocabulary": batches.vocabulary_file(data)}
+        if lora_base is not None:
+            data_info["lora_base"] = lora_base[1]
         done = start
         try:
             for done in range(start + 1, train_steps + 1):
@@ -358,14 +389,16 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                     writer.write(done, scalars)
                     last_time, last_step = time.perf_counter(), done
                 if save_now or stop_now:
-                    ckpts.save(done, train_state, {"batches": done, **data_info}, model_config)
+                    # a LoRA run saves its adapters and their optimizer state, not the base
+                    ckpts.save(done, train_state.replace(frozen=None),
+                               {"batches": done, **data_info}, model_config)
                     save_clock.saved()
                 if eval_period and not stop_now and (
                         done % eval_period == 0 or done == train_steps):
                     if validation_loss is not None:
-                        _validate(validation_loss, train_state.params, done, writer)
+                        _validate(validation_loss, train_state.model_params(), done, writer)
                     if evaluator is not None:
-                        _evaluate(evaluator, train_state.params, done, model_dir, writer,
+                        _evaluate(evaluator, train_state.model_params(), done, model_dir, writer,
                                   source)
                 if stop_now:
                     if chief:

@@ -1,6 +1,6 @@
 """The mT5 network (T5.1.1 architecture) in Flax, with T5X's parameter names."""
 
-from mtf.model.config import T5Config
+from mtf.model.config import LoraConfig, T5Config
 from mtf.model.network import Transformer, output_projection
 from mtf.model.params import (
     abstract_params,
@@ -11,5 +11,5 @@ from mtf.model.params import (
     unscan_params,
 )
 
-__all__ = ["T5Config", "Transformer", "abstract_params", "flat_shapes", "init_params",
+__all__ = ["LoraConfig", "T5Config", "Transformer", "abstract_params", "flat_shapes", "init_params",
            "logical_axes", "output_projection", "scan_params", "unscan_params"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import jax.numpy as jnp
@@ -16,6 +17,51 @@ ACTIVATIONS = ("gelu", "relu", "linear")
 # (alias 'minimal') the matmuls whose operands have no batch dimension, 'offload_dots' the
 # same matmul outputs moved to host memory (TPU/GPU; jax.checkpoint_policies).
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "minimal", "offload_dots")
+# Searched in each attention/MLP kernel's T5X name: query/key/value/out of every attention
+# and wi_0/wi_1/wo of every MLP, in both stacks (PEFT's q,k,v,o,wi_0,wi_1,wo for mT5).
+LORA_DEFAULT_TARGETS = r"(attention|mlp)/[^/]+/kernel$"
+BASE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters beside chosen kernels: W x + (alpha / rank) B A dropout(x).
+
+    targets: a regular expression searched in each attention/MLP kernel's T5X name
+    ('encoder/layers_0/attention/query/kernel'); base_dtype: the frozen base is held (and
+    kept) in this dtype during training.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = LORA_DEFAULT_TARGETS
+    base_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise SettingError(f"LORA_RANK={self.rank!r} must be a positive integer (8 or 16 "
+                               "are usual)")
+        if not isinstance(self.alpha, int | float) or self.alpha <= 0:
+            raise SettingError(f"LORA_ALPHA={self.alpha!r} must be a positive number (the "
+                               "adapters are scaled by LORA_ALPHA / LORA_RANK)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SettingError(f"LORA_DROPOUT={self.dropout} must be in [0, 1)")
+        try:
+            re.compile(self.targets)
+        except (re.error, TypeError) as e:
+            raise SettingError(f"LORA_TARGETS={self.targets!r} is not a regular expression: "
+                               f"{e}") from e
+        if self.base_dtype not in BASE_DTYPES:
+            raise SettingError(f"LORA_BASE_DTYPE={self.base_dtype!r}: use one of {BASE_DTYPES}")
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def applies_to(self, name: str) -> bool:
+        """Whether the kernel named `name` (T5X's name) gets an adapter."""
+        return re.search(self.targets, name) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +89,12 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     remat_policy: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = False
+    lora: LoraConfig | None = None  # low-rank adapters (frozen base); None: plain model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+        if isinstance(self.lora, dict):  # from JSON
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
         for name in ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
                      "num_decoder_layers", "head_dim", "mlp_dim",
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
@@ -72,6 +121,16 @@ class T5Config:
     @property
     def activation_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    @property
+    def uses_dropout(self) -> bool:
+        """Whether training draws dropout masks (the model's or the adapters')."""
+        return self.dropout_rate > 0 or (self.lora is not None and self.lora.dropout > 0)
+
+    @property
+    def base(self) -> T5Config:
+        """The network without adapters (the frozen base of a LoRA model)."""
+        return self.replace(lora=None)
 
     def replace(self, **changes: Any) -> T5Config:
         return dataclasses.replace(self, **changes)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mtf.model.config import LoraConfig
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -34,8 +36,19 @@ def constrain(x: Array, axes: tuple[str, ...]) -> Array:
     return nn.with_logical_constraint(x, axes)
 
 
+# PEFT's LoRA initialisation: A as torch's default Linear init (kaiming_uniform, a=sqrt(5),
+# i.e. uniform within 1/sqrt(fan_in)), B zero so the adapted model starts as the base.
+LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+LORA_RANK_AXIS = "lora_rank"
+
+
 class Dense(nn.Module):
-    """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X checkpoints."""
+    """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X checkpoints.
+
+    With `lora` whose targets match this kernel's name, low-rank adapters `lora_a` [in, r]
+    and `lora_b` [r, out] sit beside the kernel (named by the kernel's logical axes, so they
+    shard like it) and add (alpha / r) (dropout(x) A) B.
+    """
 
     features: int | tuple[int, ...]
     kernel_axes: tuple[str, str]
@@ -43,19 +56,35 @@ class Dense(nn.Module):
     dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.variance_scaling(
         1.0, "fan_in", "truncated_normal")
+    lora: LoraConfig | None = None
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axis = tuple(a % x.ndim for a in axis)
         in_shape = tuple(x.shape[a] for a in axis)
-        kernel = logical_param(self, "kernel", self.kernel_init,
-                               (int(np.prod(in_shape)), int(np.prod(features))),
+        flat_in, flat_out = int(np.prod(in_shape)), int(np.prod(features))
+        kernel = logical_param(self, "kernel", self.kernel_init, (flat_in, flat_out),
                                self.kernel_axes)
         kernel = jnp.reshape(kernel.astype(self.dtype), in_shape + features)
         x = x.astype(self.dtype)
-        return lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+        contract = (axis, tuple(range(len(axis))))
+        y = lax.dot_general(x, kernel, (contract, ((), ())))
+        if self.lora is None or not self.lora.applies_to("/".join(self.path) + "/kernel"):
+            return y
+        rank = self.lora.rank
+        a = logical_param(self, "lora_a", LORA_A_INIT, (flat_in, rank),
+                          (self.kernel_axes[0], LORA_RANK_AXIS))
+        b = logical_param(self, "lora_b", nn.initializers.zeros, (rank, flat_out),
+                          (LORA_RANK_AXIS, self.kernel_axes[1]))
+        if not deterministic and self.lora.dropout > 0:
+            x = nn.Dropout(self.lora.dropout, name="lora_dropout")(x, deterministic=False)
+        a = jnp.reshape(a.astype(self.dtype), in_shape + (rank,))
+        low = lax.dot_general(x, a, (contract, ((), ())))  # [..., r]
+        b = jnp.reshape(b.astype(self.dtype), (rank,) + features)
+        update = lax.dot_general(low, b, (((low.ndim - 1,), (0,)), ((), ())))
+        return y + update * jnp.asarray(self.lora.scale, self.dtype)
 
 
 class Embed(nn.Module):
@@ -167,6 +196,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     float32_logits: bool = False
     kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    lora: LoraConfig | None = None
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
@@ -181,15 +211,17 @@ class MultiHeadAttention(nn.Module):
             return self.kernel_init(*args) / depth_scaling
 
         project = functools.partial(Dense, features=(self.num_heads, self.head_dim),
-                                    kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
-        query = project(kernel_init=query_init, name="query")(inputs_q)
+                                    kernel_axes=("embed", "joined_kv"), dtype=self.dtype,
+                                    lora=self.lora)
+        query = project(kernel_init=query_init, name="query")(inputs_q, deterministic)
         qkv_axes = ("batch", "length", "heads", "kv")
         if cross_cache == "read":
             key = self.get_variable("cache", "cached_cross_key")
             value = self.get_variable("cache", "cached_cross_value")
         else:
-            key = project(kernel_init=self.kernel_init, name="key")(inputs_kv)
-            value = project(kernel_init=self.kernel_init, name="value")(inputs_kv)
+            key = project(kernel_init=self.kernel_init, name="key")(inputs_kv, deterministic)
+            value = project(kernel_init=self.kernel_init, name="value")(inputs_kv,
+                                                                        deterministic)
         query, key, value = (constrain(t, qkv_axes) for t in (query, key, value))
         if cross_cache == "fill":
             self.put_variable("cache", "cached_cross_key", key)
@@ -212,7 +244,7 @@ class MultiHeadAttention(nn.Module):
         x = constrain(x, qkv_axes)
         return Dense(features=inputs_q.shape[-1], axis=(-2, -1),
                      kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
-                     dtype=self.dtype, name="out")(x)
+                     dtype=self.dtype, lora=self.lora, name="out")(x, deterministic)
 
     def _use_cache(self, query, key, value, mask, bias):
         """Writes this step's key/value into the cache and attends over the filled prefix.
@@ -262,6 +294,7 @@ class MlpBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.variance_scaling(
         1.0, "fan_in", "truncated_normal")
+    lora: LoraConfig | None = None
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -269,11 +302,12 @@ class MlpBlock(nn.Module):
         for i, act in enumerate(self.activations):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             h = Dense(self.intermediate_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype,
-                      kernel_init=self.kernel_init, name=name)(x)
+                      kernel_init=self.kernel_init, lora=self.lora, name=name)(x, deterministic)
             h = ACTIVATION_FNS[act](h)
             hidden = h if hidden is None else hidden * h
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic)
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         return Dense(x.shape[-1], kernel_axes=("mlp", "embed"), dtype=self.dtype,
-                     kernel_init=self.kernel_init, name="wo")(hidden)
+                     kernel_init=self.kernel_init, lora=self.lora, name="wo")(hidden,
+                                                                             deterministic)

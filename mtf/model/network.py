@@ -30,12 +30,14 @@ def _dropout(cfg: T5Config, x: Array, deterministic: bool) -> Array:
 def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
     return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                               dtype=cfg.activation_dtype, dropout_rate=cfg.dropout_rate,
-                              float32_logits=cfg.float32_attention_logits, name=name)
+                              float32_logits=cfg.float32_attention_logits, lora=cfg.lora,
+                              name=name)
 
 
 def _mlp(cfg: T5Config) -> MlpBlock:
     return MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
-                    dropout_rate=cfg.dropout_rate, dtype=cfg.activation_dtype, name="mlp")
+                    dropout_rate=cfg.dropout_rate, dtype=cfg.activation_dtype, lora=cfg.lora,
+                    name="mlp")
 
 
 def _norm(cfg: T5Config, name: str) -> RMSNorm:

@@ -1,0 +1,181 @@
+"""LoRA adapters on disk: which base they belong to, and reading them back.
+
+A LoRA run saves only the adapters and their optimizer state; every step records the base
+it was trained on (`base_record`: path, a hash of the network's shape, a fingerprint of
+its normalisation and position weights), and restoring or applying adapters checks it
+(`check_base`), so adapters never silently land on another model.
+
+Adapters are read from a LoRA run (its MODEL_DIR, newest step, or a step folder), from an
+adapter directory (`save`: config.json + adapters/ + base.json), or from a Hugging Face PEFT
+directory (`mtf.convert.peft`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from mtf import storage
+from mtf.convert.errors import CheckpointError
+from mtf.model import T5Config, abstract_params, lora
+
+Params = dict[str, Any]
+# the fields that decide the network's parameter shapes and function (not dtype, dropout,
+# remat or scanning, which a user may change between training and evaluation)
+_SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
+                 "num_decoder_layers", "head_dim", "mlp_dim", "mlp_activations",
+                 "logits_via_embedding", "relative_attention_num_buckets",
+                 "relative_attention_max_distance", "layer_norm_epsilon")
+
+
+def config_hash(config: T5Config) -> str:
+    fields = {k: getattr(config, k) for k in _SHAPE_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()
+                          ).hexdigest()[:16]
+
+
+def fingerprint(base: Params) -> str:
+    """Sums of the layer-norm scales and relative-position tables (small, on every host,
+    the same scanned or not): tells two checkpoints of one architecture apart."""
+    total = squares = 0.0
+    for path, leaf in traverse_util.flatten_dict(base).items():
+        if path[-1] in ("scale", "rel_embedding"):
+            x = np.asarray(leaf, np.float64)
+            total += float(x.sum())
+            squares += float((x * x).sum())
+    return f"{total:.9e}/{squares:.9e}"
+
+
+def base_record(path: str, config: T5Config, base: Params) -> dict[str, str]:
+    return {"path": str(path), "config_hash": config_hash(config),
+            "fingerprint": fingerprint(base)}
+
+
+def check_base(recorded: dict[str, str] | None, actual: dict[str, str], adapters: str) -> None:
+    """Adapters trained on one base must not be applied to another."""
+    if not recorded:
+        return
+    if (recorded.get("config_hash") != actual["config_hash"]
+            or recorded.get("fingerprint") != actual["fingerprint"]):
+        what = ("a model of another shape" if recorded.get("config_hash")
+                != actual["config_hash"] else "other weights")
+        raise CheckpointError(
+            f"the adapters in {adapters} were trained on the base {recorded.get('path')}, but "
+            f"the base given is {actual['path']} ({what}: config hash "
+            f"{actual['config_hash']} vs {recorded.get('config_hash')}, fingerprint "
+            f"{actual['fingerprint']} vs {recorded.get('fingerprint')}). Use the base they "
+            "were trained on (INITIAL_CHECKPOINT_PATH / the base checkpoint argument), or a "
+            "fresh MODEL_DIR to train new adapters on this base")
+    if recorded.get("path") != actual["path"]:
+        logging.info("adapters trained on %s applied to the same weights at %s",
+                     recorded.get("path"), actual["path"])
+
+
+def _path(path: str | os.PathLike) -> Any:
+    path = os.fspath(path)
+    return storage.path(path if storage.is_remote(path) else os.path.abspath(path))
+
+
+def abstract_adapters(config: T5Config) -> Params:
+    _, adapters = lora.split(abstract_params(config))
+    return adapters
+
+
+def save(path: str | os.PathLike, config: T5Config, adapters: Params,
+         record: dict[str, str] | None) -> None:
+    """An adapter directory: config.json (the adapted model's T5Config), adapters/ (Orbax,
+    float32), base.json (the base they belong to)."""
+    path = _path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    adapters = jax.tree.map(lambda x: np.asarray(x, np.float32), adapters)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / "adapters", adapters, force=True)
+        checkpointer.wait_until_finished()
+    (path / "config.json").write_text(config.to_json())
+    (path / "base.json").write_text(json.dumps(record or {}, indent=2))
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    p = _path(path)
+    return (p / "adapters").exists() and (p / "config.json").exists()
+
+
+def load(path: str | os.PathLike, step: int | None = None
+         ) -> tuple[T5Config, Params, dict[str, str] | None]:
+    """(adapted model's config, float32 adapters, base record) from a LoRA run, a step
+    folder of one, an adapter directory, or a PEFT directory (then with no base record:
+    PEFT records only a hub name)."""
+    from mtf.convert import peft
+    from mtf.convert.native import training_step
+
+    p = _path(path)
+    if peft.is_peft_dir(p):
+        raise CheckpointError(f"{path} is a Hugging Face PEFT adapter; it needs the base "
+                              "model's config to be read: use peft.load(path, base_config)")
+    if is_adapter_dir(p):
+        config = T5Config.from_json((p / "config.json").read_text())
+        record = json.loads((p / "base.json").read_text()) if (p / "base.json").exists() else {}
+        return config, _restore(p / "adapters", config, None), record
+    step_dir = training_step(path, step)
+    if step_dir is None:
+        raise CheckpointError(f"{path} holds no adapters: expected a LoRA run's MODEL_DIR (or "
+                              "one of its checkpoints/<step> folders), an adapter directory "
+                              "(config.json + adapters/) or a PEFT directory "
+                              "(adapter_config.json + adapter_model.safetensors)")
+    step_path = _path(step_dir)
+    config = T5Config.from_json((step_path / "config" / "metadata").read_text())
+    if config.lora is None:
+        raise CheckpointError(f"{step_dir} is a full finetuning checkpoint, not a LoRA run: use "
+                              "it as the model itself (no --adapter)")
+    data = json.loads((step_path / "data" / "metadata").read_text())
+    return config, _restore(step_path / "state", config, "params"), data.get("lora_base")
+
+
+def _restore(where: Any, config: T5Config, key: str | None) -> Params:
+    target = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), abstract_adapters(config))
+    restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray,
+                                                     dtype=np.float32), target)
+    item, args = (target, restore) if key is None else ({key: target}, {key: restore})
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            out = checkpointer.restore(where, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=args, partial_restore=True))
+        except Exception as e:
+            raise CheckpointError(f"{where}: cannot read the adapters ({type(e).__name__}: "
+                                  f"{e}); the checkpoint may be incomplete or corrupt") from e
+    return out if key is None else out[key]
+
+
+def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str,
+          step: int | None = None) -> tuple[T5Config, Params]:
+    """(plain config, merged float32 params): the base with the adapters of `adapter_path`
+    folded into its kernels, after checking they were trained on this base."""
+    from mtf.convert import peft
+
+    if peft.is_peft_dir(_path(adapter_path)):
+        config, adapters = peft.load(adapter_path, base_config)
+        record = None
+    else:
+        config, adapters, record = load(adapter_path, step)
+    if config_hash(config) != config_hash(base_config):
+        raise CheckpointError(
+            f"the adapters in {adapter_path} belong to a model of another shape than the base "
+            f"{base_path}; use the base they were trained on")
+    check_base(record, base_record(base_path, base_config, base), adapter_path)
+    if base_config.scan_layers != config.scan_layers:
+        from mtf.model import scan_params, unscan_params
+
+        plain = config.replace(lora=None)
+        adapters = (scan_params(adapters, plain.replace(scan_layers=False))
+                    if base_config.scan_layers else unscan_params(adapters, plain))
+    params = lora.join(base, adapters)
+    merged = lora.merge(params, config.replace(scan_layers=base_config.scan_layers))
+    return base_config, merged

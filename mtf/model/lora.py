@@ -1,0 +1,99 @@
+"""LoRA parameter trees: which kernels get adapters, base/adapter split and join, merging.
+
+Adapters live in the parameter tree beside their kernel (`.../query/lora_a`, `lora_b`), so
+scanning, sharding and checkpoint code treat them like any parameter; training splits them
+off (`split`) to differentiate and optimise them alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from mtf.errors import SettingError
+from mtf.model.config import T5Config
+
+Params = dict[str, Any]
+ADAPTER_LEAVES = ("lora_a", "lora_b")
+# the kernels an adapter can sit beside (attention projections and MLP layers)
+_CANDIDATE = re.compile(r"/(attention|self_attention|encoder_decoder_attention|mlp)/[^/]+/kernel$")
+
+
+def is_adapter(path: tuple[str, ...]) -> bool:
+    return path[-1] in ADAPTER_LEAVES
+
+
+def split(params: Params) -> tuple[Params, Params]:
+    """(base, adapters) of an adapted model's parameter tree."""
+    flat = traverse_util.flatten_dict(params)
+    base = {k: v for k, v in flat.items() if not is_adapter(k)}
+    adapters = {k: v for k, v in flat.items() if is_adapter(k)}
+    return traverse_util.unflatten_dict(base), traverse_util.unflatten_dict(adapters)
+
+
+def join(base: Params, adapters: Params) -> Params:
+    """The adapted model's tree: the base with the adapters beside their kernels."""
+    flat = traverse_util.flatten_dict(base)
+    flat.update(traverse_util.flatten_dict(adapters))
+    return traverse_util.unflatten_dict(flat)
+
+
+def candidates(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """The kernels LoRA may target, T5X name -> shape (of this config's tree)."""
+    from mtf.model.params import flat_shapes
+
+    return {name: shape for name, shape in flat_shapes(config.base).items()
+            if _CANDIDATE.search("/" + name)}
+
+
+def targeted(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """The kernels that get adapters, name -> shape; errors name what could have matched
+    (a pattern that matches nothing) or the kernel a rank does not fit."""
+    lora = config.lora
+    if lora is None:
+        return {}
+    options = candidates(config)
+    chosen = {n: s for n, s in options.items() if lora.applies_to(n)}
+    if not chosen:
+        layer0 = sorted(n for n in options if re.search(r"/layers(_0)?/", n))
+        raise SettingError(
+            f"LORA_TARGETS={lora.targets!r} matches no kernel. It is searched (re.search) in "
+            f"the names {layer0} (and the same in every layer: layers_N, or layers when "
+            "SCAN_LAYERS=True); e.g. 'attention/(query|value)/kernel$' for q and v only")
+    for name, shape in chosen.items():
+        dims = shape[-2:]
+        if lora.rank > min(dims):
+            raise SettingError(
+                f"LORA_RANK={lora.rank} is larger than kernel {name}'s dimensions {dims}; a "
+                f"rank above {min(dims)} adds nothing there. Lower LORA_RANK or leave that "
+                "kernel out of LORA_TARGETS")
+    return chosen
+
+
+def count(adapters: Params) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(adapters)))
+
+
+def merge(params: Params, config: T5Config) -> Params:
+    """The plain model's tree: each kernel W + (alpha / r) A B in float32, adapters dropped
+    (a checkpoint any mT5 code can load: no adapter code needed)."""
+    if config.lora is None:
+        return params
+    scale = np.float32(config.lora.scale)
+    flat = traverse_util.flatten_dict(params)
+    out = {k: v for k, v in flat.items() if not is_adapter(k)}
+    for key in [k for k in flat if k[-1] == "lora_a"]:
+        module = key[:-1]
+        a = jnp.asarray(flat[key], jnp.float32)
+        b = jnp.asarray(flat[module + ("lora_b",)], jnp.float32)
+        kernel = jnp.asarray(flat[module + ("kernel",)], jnp.float32)
+        # '...' keeps a scanned tree's leading layer axis
+        out[module + ("kernel",)] = np.asarray(
+            kernel + scale * jnp.einsum("...ir,...ro->...io", a, b,
+                                        precision=jax.lax.Precision.HIGHEST))
+    return traverse_util.unflatten_dict(out)
