@@ -171,11 +171,8 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
             f"{base_path}; use the base they were trained on")
     check_base(record, base_record(base_path, base_config, base), adapter_path)
     if base_config.scan_layers != config.scan_layers:
-        from mtf.model import scan_params, unscan_params
-
-        plain = config.replace(lora=None)
-        adapters = (scan_params(adapters, plain.replace(scan_layers=False))
-                    if base_config.scan_layers else unscan_params(adapters, plain))
+        adapters = (lora.scan_adapters(adapters, config) if base_config.scan_layers
+                    else lora.unscan_adapters(adapters))
     params = lora.join(base, adapters)
     merged = lora.merge(params, config.replace(scan_layers=base_config.scan_layers))
     return base_config, merged

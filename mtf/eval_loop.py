@@ -25,27 +25,35 @@ def _step_label(source: str) -> str:
     return "checkpoint_" + re.sub(r"[^A-Za-z0-9_.-]", "_", name or "root")
 
 
-def _load(model_config: T5Config, checkpoint_path: str | None, mesh) -> tuple[Any, str]:
+def _load(model_config: T5Config, checkpoint_path: str | None, mesh,
+          adapter_path: str | None) -> tuple[Any, str, str]:
+    """(placed params, description, report label); with ADAPTER_PATH, the base checkpoint
+    with those adapters merged (labelled by the adapters' step)."""
     if not checkpoint_path:
         raise SettingError("CHECKPOINT_PATH is empty; bind it to an mtf MODEL_DIR (its newest "
                            "step), a step folder, a T5X checkpoint or an HF folder")
     storage.check_bucket(checkpoint_path, "CHECKPOINT_PATH")
-    loaded = load_checkpoint(checkpoint_path, model_config)
-    return evaluation.place_params(loaded.params, model_config, mesh), loaded.source
+    loaded = load_checkpoint(checkpoint_path, model_config.base, adapter=adapter_path)
+    params = evaluation.place_params(loaded.params, model_config.base, mesh)
+    if loaded.adapter_source:
+        return (params, f"{loaded.source} + adapters {loaded.adapter_source}",
+                _step_label(loaded.adapter_source))
+    return params, loaded.source, _step_label(loaded.source)
 
 
 def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
              eval_config: evaluation.EvalConfig,
-             mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> dict[str, Any]:
-    """Scores a checkpoint on EVAL_MIXTURE; writes MODEL_DIR/eval/<step_N>/results.*."""
+             mesh_shape: tuple[int, int, int] = (-1, 1, 1),
+             adapter_path: str | None = None) -> dict[str, Any]:
+    """Scores a checkpoint (with ADAPTER_PATH's LoRA adapters merged, if set) on
+    EVAL_MIXTURE; writes MODEL_DIR/eval/<step_N>/results.*."""
     if not model_dir:
         raise SettingError("MODEL_DIR is empty: the report is written to MODEL_DIR/eval/")
     mesh = partitioning.make_mesh(mesh_shape)
-    evaluator = evaluation.Evaluator(model_config, mesh, eval_config)
+    evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()  # a bad task or record fails before the checkpoint is read
-    params, source = _load(model_config, checkpoint_path, mesh)
+    params, source, label = _load(model_config, checkpoint_path, mesh, adapter_path)
     result = evaluator.run(params)
-    label = _step_label(source)
     result.update(step=int(label[5:]) if label.startswith("step_") else None, checkpoint=source)
     if jax.process_index() == 0:
         paths = report.write(storage.join(model_dir, "eval", label), result)
@@ -56,19 +64,20 @@ def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: 
 
 def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
           eval_config: evaluation.EvalConfig, output_file: str | None = None,
-          mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> str:
+          mesh_shape: tuple[int, int, int] = (-1, 1, 1),
+          adapter_path: str | None = None) -> str:
     """Writes one jsonl line per example of EVAL_MIXTURE's tasks: inputs, targets, language,
     template, and the generated text and/or choice scores and prediction."""
     if not model_dir and not output_file:
         raise SettingError("set MODEL_DIR (predictions go to MODEL_DIR/infer/) or "
                            "INFER_OUTPUT_FILE")
     mesh = partitioning.make_mesh(mesh_shape)
-    evaluator = evaluation.Evaluator(model_config, mesh, eval_config)
+    evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()
-    params, source = _load(model_config, checkpoint_path, mesh)
+    params, _, label = _load(model_config, checkpoint_path, mesh, adapter_path)
     result = evaluator.run(params, keep_predictions=True)
     path = output_file or storage.join(
-        model_dir, "infer", f"{eval_config.mixture_or_task_name}-{_step_label(source)}.jsonl")
+        model_dir, "infer", f"{eval_config.mixture_or_task_name}-{label}.jsonl")
     if jax.process_index() == 0:
         lines = [json.dumps({"task": task, **row}, ensure_ascii=False)
                  for task, rows in result["predictions"].items() for row in rows]

@@ -6,8 +6,10 @@
     python -m mtf.infer score --checkpoint DIR --input_file mc.jsonl --output_file scored.jsonl
 
 --checkpoint: an mtf MODEL_DIR (its newest step), a step or parameter folder, a T5X
-checkpoint or an HF folder. --vocabulary defaults to the one stored with the checkpoint
-(a run's step records it; an exported HF folder has spiece.model), else $MTF_VOCABULARY.
+checkpoint or an HF folder; --adapter DIR: LoRA adapters trained on it (a LoRA run's
+MODEL_DIR, an adapter directory or a PEFT folder), merged into it first. --vocabulary
+defaults to the one stored with the checkpoint (a run's step records it; an exported HF
+folder has spiece.model), else $MTF_VOCABULARY.
 generate prints one answer per prompt (tab-separated samples/beams); score reads lines
 {"inputs", "answer_choices", "label"?} and writes them back with "scores" (summed
 log-likelihood per choice) and "prediction", printing the accuracy when labels are given.
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("generate", "score"):
         p = sub.add_parser(name)
         p.add_argument("--checkpoint", required=True)
+        p.add_argument("--adapter", help="LoRA adapters trained on --checkpoint (a LoRA run, "
+                       "an adapter directory or a PEFT folder), merged in first")
         p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
         p.add_argument("--input_file", help="jsonl with an 'inputs' field per line")
         p.add_argument("--output_file", help="jsonl written back with the answers")
@@ -103,7 +107,7 @@ def _setup(args):
     from mtf import evaluation, partitioning
     from mtf.convert.loading import load_checkpoint
 
-    loaded = load_checkpoint(args.checkpoint, setting="--checkpoint")
+    loaded = load_checkpoint(args.checkpoint, setting="--checkpoint", adapter=args.adapter)
     mesh = partitioning.make_mesh((-1, 1, 1))
     if args.batch_size % jax.device_count():
         raise SettingError(f"--batch_size {args.batch_size} must be a multiple of the "

@@ -22,13 +22,32 @@ class LoadedCheckpoint:
     params: Any  # float32 numpy, the config's layout
     vocabulary: str | None  # the SentencePiece model stored with it, if any
     source: str  # the folder actually read (a MODEL_DIR's newest step)
+    adapter_source: str | None = None  # the adapters merged into it (their step folder)
 
 
 def load_checkpoint(path: str, config: T5Config | None = None,
-                    setting: str = "CHECKPOINT_PATH") -> LoadedCheckpoint:
+                    setting: str = "CHECKPOINT_PATH", adapter: str | None = None
+                    ) -> LoadedCheckpoint:
     """(config, params, vocabulary) of an mtf MODEL_DIR / step / parameter folder, a T5X
     checkpoint or an HF folder; `config` given: checked against it (a clear error names
-    both shapes)."""
+    both shapes). `adapter`: LoRA adapters (a LoRA run, an adapter directory or a PEFT
+    folder) trained on this checkpoint, merged into its kernels."""
+    loaded = _load_model(path, config, setting)
+    if not adapter:
+        return loaded
+    from mtf import adapters
+
+    if not storage.exists(adapter):
+        raise CheckpointError(f"adapter {adapter} does not exist")
+    loaded.config, loaded.params = adapters.apply(loaded.source, loaded.config, loaded.params,
+                                                  adapter)
+    loaded.adapter_source = native.training_step(adapter) or adapter
+    if loaded.vocabulary is None and native.training_step(adapter):
+        loaded.vocabulary = native.step_vocabulary(native.training_step(adapter))
+    return loaded
+
+
+def _load_model(path: str, config: T5Config | None, setting: str) -> LoadedCheckpoint:
     from mtf import checkpoint
     from mtf.convert import load_hf, load_t5x
 

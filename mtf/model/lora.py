@@ -97,3 +97,31 @@ def merge(params: Params, config: T5Config) -> Params:
             kernel + scale * jnp.einsum("...ir,...ro->...io", a, b,
                                         precision=jax.lax.Precision.HIGHEST))
     return traverse_util.unflatten_dict(out)
+
+
+def unscan_adapters(adapters: Params) -> Params:
+    """Adapters of a scanned tree (leading layer axis under `layers`) as `layers_N`."""
+    out = {}
+    for key, value in traverse_util.flatten_dict(adapters).items():
+        stack, rest = key[0], key[2:]
+        for i in range(np.shape(value)[0]):
+            out[(stack, f"layers_{i}") + rest] = np.asarray(value[i])
+    return traverse_util.unflatten_dict(out)
+
+
+def scan_adapters(adapters: Params, config: T5Config) -> Params:
+    """Inverse of `unscan_adapters` (every layer of a stack must have the adapter: a scanned
+    tree holds one for all)."""
+    layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+    groups: dict[tuple[str, ...], dict[int, Any]] = {}
+    for key, value in traverse_util.flatten_dict(adapters).items():
+        index = int(key[1][len("layers_"):])
+        groups.setdefault((key[0], "layers") + key[2:], {})[index] = value
+    out = {}
+    for key, by_layer in groups.items():
+        if sorted(by_layer) != list(range(layers[key[0]])):
+            raise SettingError(f"adapters of {'/'.join(key)} exist in layers "
+                               f"{sorted(by_layer)} only: a scanned model (SCAN_LAYERS=True) "
+                               "needs them in every layer; use SCAN_LAYERS=False")
+        out[key] = np.stack([np.asarray(by_layer[i]) for i in sorted(by_layer)])
+    return traverse_util.unflatten_dict(out)

@@ -1,0 +1,179 @@
+"""Hugging Face PEFT LoRA adapters of MT5ForConditionalGeneration <-> mtf adapters.
+
+PEFT's layout: `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, ...)
+and `adapter_model.safetensors` with `base_model.model.<HF module>.lora_A.weight` [r, in]
+and `lora_B.weight` [out, r]; mtf's `lora_a` [in, r] and `lora_b` [r, out] are their
+transposes, beside the kernel `hf.name_map` pairs with that module. Both scale by
+lora_alpha / r, so the same numbers give the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from mtf.convert.errors import CheckpointError
+from mtf.convert.hf import name_map
+from mtf.model import LoraConfig, T5Config, lora
+
+Params = dict[str, Any]
+PREFIX = "base_model.model."
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_LAYER = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.*)$")
+
+
+def is_peft_dir(path: str | os.PathLike) -> bool:
+    return (Path(os.fspath(path)) / CONFIG_FILE).exists()
+
+
+def _modules(config: T5Config) -> dict[str, str]:
+    """mtf kernel path (unscanned) -> HF module name, for the kernels LoRA can target."""
+    candidates = lora.candidates(config.base.replace(scan_layers=False))
+    return {ours: theirs[:-len(".weight")] for ours, theirs, _ in name_map(config.base)
+            if ours in candidates}
+
+
+def save(path: str | os.PathLike, config: T5Config, adapters: Params,
+         base_name: str | None = None) -> None:
+    """Writes `adapters` (of the adapted `config`) as a PEFT directory that
+    `peft.PeftModel.from_pretrained(MT5ForConditionalGeneration(...), path)` loads."""
+    from safetensors.numpy import save_file
+
+    if config.lora is None:
+        raise CheckpointError("the checkpoint has no LoRA adapters to export (its config has "
+                              "no lora): export the model itself with --to hf")
+    if config.scan_layers:
+        adapters = lora.unscan_adapters(adapters)
+    flat = traverse_util.flatten_dict(adapters, sep="/")
+    modules = _modules(config)
+    tensors, targets = {}, []
+    for kernel, module in modules.items():
+        where = kernel[:-len("/kernel")]
+        if f"{where}/lora_a" not in flat:
+            continue
+        targets.append(module)
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(
+            np.asarray(flat[f"{where}/lora_a"], np.float32).T)
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(
+            np.asarray(flat[f"{where}/lora_b"], np.float32).T)
+    path = Path(os.fspath(path))
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    lc = config.lora
+    peft_config = {
+        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": lc.rank,
+        "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": sorted(targets),
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "base_model_name_or_path": base_name,
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
+
+
+def _targets_pattern(kernels: list[str], config: T5Config) -> str:
+    """A LORA_TARGETS regular expression selecting exactly `kernels` (unscanned names); a
+    kernel taken in every layer of its stack is written once for all (so it also selects it
+    in a scanned tree)."""
+    layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+    by_rest: dict[tuple[str, str], set[int]] = {}
+    for name in kernels:
+        stack, index, rest = _LAYER.match(name).groups()
+        by_rest.setdefault((stack, rest), set()).add(int(index))
+    parts = []
+    for (stack, rest), indices in sorted(by_rest.items()):
+        if len(indices) == layers[stack]:
+            parts.append(f"{stack}/layers(_\\d+)?/{re.escape(rest)}")
+        else:
+            numbers = "|".join(str(i) for i in sorted(indices))
+            parts.append(f"{stack}/layers_({numbers})/{re.escape(rest)}")
+    return "^(" + "|".join(parts) + ")$"
+
+
+def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Params]:
+    """(the adapted config: `base_config` with PEFT's rank, alpha, dropout and targets,
+    unscanned; float32 adapters) of a PEFT LoRA directory for an mT5/mT0 model."""
+    from safetensors import safe_open
+
+    path = Path(os.fspath(path))
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_file.exists() or not weights_file.exists():
+        raise CheckpointError(f"{path} is not a PEFT adapter directory: expected {CONFIG_FILE} "
+                              f"and {WEIGHTS_FILE} (written by PeftModel.save_pretrained)")
+    settings = json.loads(config_file.read_text())
+    _check_supported(settings, config_file)
+    base_config = base_config.replace(lora=None, scan_layers=False)
+    by_module = {m: k for k, m in _modules(base_config).items()}
+    shapes = lora.candidates(base_config)
+    found: dict[str, dict[str, np.ndarray]] = {}
+    with safe_open(str(weights_file), framework="numpy") as handle:
+        for key in handle.keys():
+            match = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?"
+                                 r"\.weight", key)
+            module = match and match.group(1)
+            if module not in by_module:
+                raise CheckpointError(
+                    f"{weights_file}: tensor {key} is not a LoRA adapter of an mT5 attention or "
+                    f"MLP layer of this base model (expected names like {PREFIX}encoder.block"
+                    f".0.layer.0.SelfAttention.q.lora_A.weight, up to block "
+                    f"{base_config.num_encoder_layers - 1}). The adapter was made for "
+                    f"{settings.get('base_model_name_or_path') or 'another model'}, not an "
+                    "MT5ForConditionalGeneration of this shape")
+            found.setdefault(module, {})[match.group(2)] = handle.get_tensor(key)
+    if not found:
+        raise CheckpointError(f"{weights_file} holds no LoRA tensors")
+    rank = int(settings["r"])
+    flat = {}
+    for module, pair in found.items():
+        kernel = by_module[module]
+        if set(pair) != {"A", "B"}:
+            raise CheckpointError(f"{weights_file}: {module} has lora_{''.join(pair)} only")
+        fan_in, fan_out = shapes[kernel]
+        if pair["A"].shape != (rank, fan_in) or pair["B"].shape != (fan_out, rank):
+            raise CheckpointError(
+                f"{weights_file}: {module} has lora_A {pair['A'].shape} and lora_B "
+                f"{pair['B'].shape}; a rank-{rank} adapter of this base's {kernel} "
+                f"{shapes[kernel]} needs {(rank, fan_in)} and {(fan_out, rank)}: the adapter "
+                "is for a model of another size")
+        where = tuple(kernel.split("/")[:-1])
+        flat[where + ("lora_a",)] = np.asarray(pair["A"], np.float32).T.copy()
+        flat[where + ("lora_b",)] = np.asarray(pair["B"], np.float32).T.copy()
+    alpha = float(settings.get("lora_alpha", 8))
+    if settings.get("use_rslora"):  # rsLoRA scales by alpha / sqrt(r): the same in alpha / r
+        alpha *= math.sqrt(rank)
+    lora_config = LoraConfig(rank=rank, alpha=alpha,
+                             dropout=float(settings.get("lora_dropout") or 0.0),
+                             targets=_targets_pattern([by_module[m] for m in found],
+                                                      base_config))
+    return base_config.replace(lora=lora_config), traverse_util.unflatten_dict(flat)
+
+
+def _check_supported(settings: dict[str, Any], where: Path) -> None:
+    kind = settings.get("peft_type")
+    if kind != "LORA":
+        raise CheckpointError(f"{where}: peft_type {kind!r}; mtf reads LoRA adapters only")
+    unsupported = {
+        "use_dora": "DoRA's magnitude vectors", "rank_pattern": "per-module ranks",
+        "alpha_pattern": "per-module alphas", "modules_to_save": "fully trained extra modules",
+        "fan_in_fan_out": "Conv1D (GPT-2 style) layers",
+        "layers_to_transform": "a subset of layers by index",
+    }
+    for field, what in unsupported.items():
+        if settings.get(field):
+            raise CheckpointError(f"{where}: {field}={settings[field]!r} "
+                                  f"({what}) is not supported; mtf reads "
+                                  "plain LoRA adapters of mT5/mT0 attention and MLP layers")
+    if settings.get("bias", "none") != "none":
+        raise CheckpointError(f"{where}: bias={settings['bias']!r}: mT5 has no biases to train")
+    task = settings.get("task_type")
+    if task not in (None, "SEQ_2_SEQ_LM"):
+        raise CheckpointError(f"{where}: task_type {task!r}; an mT5/mT0 adapter is "
+                              "SEQ_2_SEQ_LM (MT5ForConditionalGeneration)")
+
