@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from mtf import partitioning
-from mtf.model import T5Config, Transformer
+from mtf.model import T5Config, Transformer, init_params
 from mtf.optim import make_optimizer
 from mtf.state import init_state
 from mtf.step import LossConfig, gradients
@@ -48,6 +48,46 @@ def run(shape, microbatches=1):
     embedding = state.params["token_embedder"]["embedding"]
     return float(loss), jax.tree.map(np.asarray, grads), embedding.sharding
 
+
+if sys.argv[1:] == ["lora"]:
+    # LoRA: the adapters' loss and gradients on sharded meshes (microbatched too) equal one
+    # device's, and each adapter is sharded like its kernel along the kernel's other axis
+    from mtf.model import LoraConfig, lora
+
+    adapted = CONFIG.replace(lora=LoraConfig(rank=4, alpha=8.0))
+
+    def run_lora(shape, microbatches):
+        devices = jax.devices()[:1] if shape == (1, 1, 1) else None
+        mesh = partitioning.make_mesh(shape, devices)
+        state = init_state(adapted, optimizer, mesh, jax.random.key(0))
+        trained = jax.tree.map(lambda x: x + 0.1, state.params)  # B != 0
+        batch = jax.device_put(BATCH, partitioning.batch_sharding(mesh))
+        model = Transformer(adapted)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+            fn = jax.jit(lambda p, f, b: gradients(p, b, None, model, loss_config, microbatches,
+                                                   f))
+            loss, grads, _ = fn(trained, state.frozen, batch)
+        return float(loss), jax.tree.map(np.asarray, grads), state
+
+    reference_loss, reference_grads, _ = run_lora((1, 1, 1), 1)
+    assert lora.count(reference_grads) == lora.count(lora.split(
+        init_params(adapted, jax.random.key(0)))[1])
+    for shape, k in [((2, 2, 2), 2), ((1, 2, 4), 1)]:
+        loss, grads, state = run_lora(shape, k)
+        assert abs(loss - reference_loss) < 1e-5 * abs(reference_loss), (shape, loss)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                     grads, reference_grads)
+        query = state.params["encoder"]["layers_0"]["attention"]["query"]
+        kernel = state.frozen["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+        print(shape, k, "loss", loss, "kernel", kernel.sharding.spec, "A",
+              query["lora_a"].sharding.spec, "B", query["lora_b"].sharding.spec)
+        if shape == (2, 2, 2):
+            P = jax.sharding.PartitionSpec
+            assert kernel.sharding.spec == P("fsdp", "model"), kernel.sharding.spec
+            assert query["lora_a"].sharding.spec == P("fsdp", None)
+            assert query["lora_b"].sharding.spec == P(None, "model")
+    print("lora ok")
+    sys.exit(0)
 
 if CHUNKED:
     # on each mesh, the chunked loss equals the plain one on that same mesh to 1e-6
