@@ -151,3 +151,70 @@ def test_train_steps_is_the_step_a_resumed_run_stops_at(uninterrupted, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 20; step 20 -> 22" in result.stdout
     assert sorted(last_losses(tmp_path)) == [21, 22]
+
+
+def test_lora_on_a_trained_tiny_model_learns_resumes_after_kill_9_and_merges(uninterrupted,
+                                                                             tmp_path):
+    """runs/lora.gin on the trained tiny model: the loss falls, checkpoints hold the adapters
+    alone, kill -9 resumes with the uninterrupted losses, another base is refused, and the
+    adapters merged by mtf.convert score as the base + --adapter does."""
+    import json
+    import subprocess
+    import sys
+
+    from mtf import adapters
+    from tests.train_helpers import REPO, env
+
+    base, _ = uninterrupted
+    lora = {"gin_files": ("gin/runs/lora.gin",), "INITIAL_CHECKPOINT_PATH": str(base),
+            "LEARNING_RATE": "1e-3"}
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    result = run(reference_dir, **lora)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"LoRA adapters (rank 8) initialised on {base}" in result.stdout
+    reference = last_losses(reference_dir)
+    assert np.mean([reference[s] for s in range(16, 21)]) < np.mean(
+        [reference[s] for s in range(1, 6)]) - 0.2
+    config, saved, record = adapters.load(reference_dir)
+    assert config.lora.rank == 8 and record["path"] == str(base)
+    state_bytes = [sum(f.stat().st_size for f in (d / "checkpoints" / "20" / "state").rglob("*")
+                       if f.is_file()) for d in (reference_dir, base)]
+    assert state_bytes[0] < state_bytes[1] / 3, state_bytes  # adapters + their AdamW moments
+
+    process = start(killed_dir, **lora)
+    wait_for_step(killed_dir, 13, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run(killed_dir, **lora)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_from = re.search(r"resumed from step (\d+)", result.stdout)
+    assert resumed_from and int(resumed_from[1]) in (5, 10), result.stdout[-2000:]
+    resumed = last_losses(killed_dir)
+    np.testing.assert_allclose([resumed[s] for s in range(int(resumed_from[1]) + 1, 21)],
+                               [reference[s] for s in range(int(resumed_from[1]) + 1, 21)],
+                               rtol=1e-6)
+
+    other = run(killed_dir, **{**lora, "INITIAL_CHECKPOINT_PATH": str(base / "checkpoints" /
+                                                                      "10"),
+                               "TRAIN_STEPS": "25"})
+    assert other.returncode == 1, other.stdout[-2000:] + other.stderr[-2000:]
+    assert f"were trained on the base {base}" in other.stderr and "other weights" in other.stderr
+
+    def command(*args):
+        out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env(),
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        return out.stdout
+
+    command("mtf.convert", "--from", "mtf", "--to", "hf", str(reference_dir),
+            str(tmp_path / "merged"))
+    question = tmp_path / "q.jsonl"
+    question.write_text(json.dumps({"inputs": "Translate dog into Swahili.",
+                                    "answer_choices": ["mbwa", "paka", "ndege"]}) + "\n")
+    scores = [json.loads(command("mtf.infer", "score", "--input_file", str(question), *args)
+                         .strip().splitlines()[-1])["scores"]
+              for args in (["--checkpoint", str(base), "--adapter", str(reference_dir)],
+                           ["--checkpoint", str(tmp_path / "merged")],
+                           ["--checkpoint", str(base)])]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
+    assert np.abs(np.subtract(scores[2], scores[0])).max() > 1e-3  # the adapters act

@@ -13,9 +13,11 @@ SMALL = {"TASK_FEATURE_LENGTHS": "{'inputs': 32, 'targets': 16}", "BATCH_SIZE": 
          "KEEP_CHECKPOINTS": "None", "EVAL_PERIOD": "None"}
 
 
-def launch_args(model_dir, **overrides):
+def launch_args(model_dir, gin_files=(), **overrides):
+    """mt0_tiny.gin, then `gin_files` (e.g. runs/lora.gin), then the bindings."""
     bindings = {**SMALL, "MODEL_DIR": str(model_dir), **overrides}
-    return [sys.executable, "-m", "mtf.launch", "--gin_file=gin/mt0_tiny.gin"] + [
+    files = ["--gin_file=gin/mt0_tiny.gin"] + [f"--gin_file={f}" for f in gin_files]
+    return [sys.executable, "-m", "mtf.launch", *files] + [
         f"--gin.{k}={v}" for k, v in bindings.items()]
 
 
