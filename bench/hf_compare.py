@@ -2,6 +2,7 @@
 
     python bench/hf_compare.py [--model small] [--vocab 32128 250112] [--steps 10]
     python bench/hf_compare.py --decode [--model small] [--vocab 250112]
+    python bench/hf_compare.py --lora 8 [--model small] [--vocab 250112]
 
 For each vocabulary: HF `MT5ForConditionalGeneration` (random init, the mT5 shapes of
 gin/models/mt5_<model>.gin) trained with `transformers.optimization.Adafactor` (T5X-like:
@@ -10,8 +11,11 @@ scale_parameter, no relative step, lr 1e-3, no warm-up init) on synthetic batche
 other on the same machine. Prints one JSON line per vocabulary with both throughputs and
 mtf/HF. With --decode: HF `generate` (greedy, its cache, min_new_tokens = max_new_tokens =
 --targets so every row generates the same number of tokens) beside `python -m mtf.bench
-decode` (the same), generated tokens/s of each and mtf/HF. Needs the `test` extra (torch,
-transformers).
+decode` (the same), generated tokens/s of each and mtf/HF. With --lora R: HF PEFT LoRA
+(rank R, alpha 2R, q/k/v/o/wi_0/wi_1/wo, AdamW) on the frozen HF model beside `python -m
+mtf.bench train --lora_rank R --optimizer adamw` (the same adapters and optimizer; it
+also reports mtf's full finetuning of the same shapes). Needs the `test` extra (torch,
+transformers, peft).
 """
 
 from __future__ import annotations
@@ -64,6 +68,38 @@ def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: in
     for _ in range(steps):
         step()
     return batch * (inputs + targets) * steps / (time.perf_counter() - start)
+
+
+def hf_peft_result(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                   steps: int, rank: int) -> dict:
+    """HF PEFT LoRA training: tokens/s and the optimizer state's bytes."""
+    import peft
+    import torch
+
+    net = peft.get_peft_model(_hf_mt5(model, vocab), peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="SEQ_2_SEQ_LM",
+        target_modules=["q", "k", "v", "o", "wi_0", "wi_1", "wo"])).train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+
+    def step():
+        ids = torch.randint(2, vocab, (batch, inputs))
+        labels = torch.randint(2, vocab, (batch, targets))
+        loss = net(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values()
+                      for t in s.values() if torch.is_tensor(t))
+    return {"tokens_per_s": batch * (inputs + targets) * steps / seconds,
+            "trainable_parameters": sum(p.numel() for p in trainable),
+            "optimizer_state_bytes": state_bytes}
 
 
 def hf_generated_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
@@ -121,6 +157,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--decode", action="store_true",
                         help="compare greedy generation instead of the train step")
+    parser.add_argument("--lora", type=int, default=0, metavar="RANK",
+                        help="compare LoRA training (HF PEFT) at this rank")
     args = parser.parse_args()
     import torch
 
@@ -141,6 +179,25 @@ def main() -> None:
                               "mtf_over_hf": round(mtf["generated_tokens_per_s"] / hf, 3),
                               "mtf_score_speedup_vs_separate": round(mtf["score_speedup"], 2),
                               "machine": machine}), flush=True)
+            continue
+        if args.lora:
+            hf = hf_peft_result(*shapes, args.lora)
+            mtf = _mtf_bench("train", *shapes[:5], "--steps", str(args.steps), "--dtype",
+                             args.dtype, "--lora_rank", str(args.lora), "--optimizer", "adamw")
+            print(json.dumps({
+                "bench": "lora", "model": args.model, "vocab": vocab, "batch": args.batch,
+                "inputs": args.inputs, "targets": args.targets, "rank": args.lora,
+                "hf_peft_tokens_per_s": round(hf["tokens_per_s"], 1),
+                "mtf_lora_tokens_per_s": round(mtf["tokens_per_s"], 1),
+                "mtf_over_hf_peft": round(mtf["tokens_per_s"] / hf["tokens_per_s"], 3),
+                "mtf_full_tokens_per_s": round(mtf["full_tokens_per_s"], 1),
+                "hf_trainable": hf["trainable_parameters"],
+                "mtf_trainable": mtf["trainable_parameters"],
+                "hf_optimizer_state_bytes": hf["optimizer_state_bytes"],
+                "mtf_optimizer_state_bytes": mtf["optimizer_state_bytes"],
+                "mtf_full_optimizer_state_bytes": mtf["full_optimizer_state_bytes"],
+                "mtf_temp_bytes": mtf["temp_bytes"], "mtf_full_temp_bytes":
+                mtf["full_temp_bytes"], "machine": machine}), flush=True)
             continue
         hf = hf_tokens_per_s(*shapes)
         mtf = mtf_result(*shapes, args.dtype)

@@ -8,7 +8,9 @@ Same step, optimizer (Adafactor, T5X settings) and loss (z-loss 1e-4) as trainin
 model shapes come from gin/models/mt5_<model>.gin. After warm-up (compile + one step) it
 times `--steps` steps and prints a final JSON line: tokens_per_s (batch x (inputs +
 targets) per second), step_s, peak_flops_per_s (a dense matmul measured in the same run on
-the same devices), model_flops_per_step and mfu.
+the same devices), model_flops_per_step, mfu, trainable_parameters, optimizer_state_bytes
+and the compiled step's argument/temp bytes. `--lora_rank 8` trains LoRA adapters on a
+frozen base and adds the same numbers for full finetuning (`full_*`) of the same shapes.
 
     python -m mtf.bench decode --model small --vocab 250112 --batch 8 --inputs 128 \
         --targets 32 [--repeats 3]
@@ -31,14 +33,33 @@ from mtf.model.config import REMAT_POLICIES
 
 
 def train_bench(args: argparse.Namespace) -> dict:
+    """The train step's speed and memory; with --lora_rank, LoRA's beside full finetuning
+    of the same shapes (same optimizer and batches)."""
+    from mtf.model import LoraConfig
+
+    model_config = _model_config(args).replace(remat_policy=args.remat)
+    if not args.lora_rank:
+        return _train_run(args, model_config)
+    adapted = model_config.replace(lora=LoraConfig(rank=args.lora_rank,
+                                                   alpha=2.0 * args.lora_rank))
+    result = _train_run(args, adapted)
+    full = _train_run(args, model_config)
+    result.update({f"full_{k}": full[k] for k in (
+        "tokens_per_s", "step_s", "mfu", "trainable_parameters", "optimizer_state_bytes",
+        "argument_bytes", "temp_bytes", "compile_s")})
+    result["speedup_over_full"] = result["tokens_per_s"] / full["tokens_per_s"]
+    return result
+
+
+def _train_run(args: argparse.Namespace, model_config) -> dict:
     import jax
     import numpy as np
 
     from mtf import flops, optim, partitioning, program, state, step
 
-    model_config = _model_config(args).replace(remat_policy=args.remat)
     mesh = partitioning.make_mesh([int(x) for x in args.mesh.split(",")])
-    tx = optim.make_optimizer("adafactor", optim.make_schedule("constant", 1e-3))
+    learning_rate = 1e-3 if args.optimizer == "adafactor" else 1e-4
+    tx = optim.make_optimizer(args.optimizer, optim.make_schedule("constant", learning_rate))
     compiled_step = program.train_program(
         model_config, tx, mesh, args.batch, {"inputs": args.inputs, "targets": args.targets},
         False, step.LossConfig(chunks=args.loss_chunks), args.microbatches)
@@ -59,6 +80,7 @@ def train_bench(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     compiled = compiled_step.compile()
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
     batches = [batch() for _ in range(2)]
     train_state, metrics = compiled(train_state, batches[0], None)  # warm-up step
     jax.block_until_ready(metrics["loss"])
@@ -69,16 +91,23 @@ def train_bench(args: argparse.Namespace) -> dict:
     step_s = (time.perf_counter() - start) / args.steps
     peak = flops.measure_peak_flops(args.dtype) * jax.device_count()
     model_flops = flops.model_flops_per_step(model_config, args.batch, args.inputs, args.targets)
+    if model_config.lora is not None:  # no weight gradients of the frozen base: 4N, not 6N
+        model_flops *= 2 / 3
     return {
         "bench": "train", "model": args.model, "vocab": args.vocab, "dtype": args.dtype,
         "batch": args.batch, "inputs": args.inputs, "targets": args.targets,
         "steps": args.steps, "loss_chunks": args.loss_chunks, "remat": args.remat,
+        "optimizer": args.optimizer, "lora_rank": args.lora_rank if model_config.lora else 0,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 2),
         "loss": float(metrics["loss"]), "step_s": step_s,
         "tokens_per_s": args.batch * (args.inputs + args.targets) / step_s,
         "peak_flops_per_s": peak, "model_flops_per_step": model_flops,
         "mfu": model_flops / step_s / peak,
+        "trainable_parameters": sum(x.size for x in jax.tree.leaves(train_state.params)),
+        "optimizer_state_bytes": sum(x.nbytes for x in jax.tree.leaves(train_state.opt_state)),
+        "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
     }
 
 
@@ -173,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
     p.add_argument("--loss_chunks", type=int, default=1,
                    help="pieces of the target length the fused loss projects at a time")
+    p.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
+    p.add_argument("--lora_rank", type=int, default=0,
+                   help="train LoRA adapters of this rank (alpha 2 x rank, PEFT's default "
+                   "targets) on a frozen base, and report full finetuning beside it")
     p.add_argument("--verbose", action="store_true",
                    help="keep TensorFlow's, absl's and libtpu's start-up messages")
     d = sub.add_parser("decode", help="greedy decoding and rank-classification speed")
