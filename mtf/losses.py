@@ -114,6 +114,7 @@ class ChunkedLoss:
     compute_dtype: str = "float32"
     scale: float = 1.0
     unroll: bool = False  # unrolled chunk loop: XLA's cost analysis then counts every chunk
+    kernel_grad: bool = True  # False: the output kernel is frozen (LoRA), skip its gradient
 
 
 def _smoothing(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
@@ -176,18 +177,21 @@ def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads)
                                    - low - (confidence - low) * onehot)
         d_logits = (d_logits * settings.scale).astype(cdt)
         d_hidden = jnp.einsum("blv,ev->ble", d_logits, kernel.astype(cdt)).astype(h.dtype)
-        d_kernel = d_kernel + jnp.einsum("ble,blv->ev", h.astype(cdt), d_logits,
-                                         preferred_element_type=jnp.float32)
+        if settings.kernel_grad:
+            d_kernel = d_kernel + jnp.einsum("ble,blv->ev", h.astype(cdt), d_logits,
+                                             preferred_element_type=jnp.float32)
         return d_kernel, (loss, z, d_hidden)
 
-    d_kernel = jnp.zeros(kernel.shape, jnp.float32) if with_grads else None
+    d_kernel = (jnp.zeros(kernel.shape, jnp.float32) if with_grads and settings.kernel_grad
+                else None)
     d_kernel, outs = jax.lax.scan(body, d_kernel, xs, unroll=settings.unroll or 1)
     per_token, z = _join(outs[0], length), _join(outs[1], length)
     numerator = jnp.sum(per_token * token_weights)
     if not with_grads:
         return numerator, per_token, z
-    return (numerator, per_token, z), (d_kernel.astype(kernel.dtype),
-                                       _join(outs[2], length), per_token)
+    if d_kernel is not None:
+        d_kernel = d_kernel.astype(kernel.dtype)
+    return (numerator, per_token, z), (d_kernel, _join(outs[2], length), per_token)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -202,8 +206,8 @@ def _fused_fwd(hidden, kernel, targets, token_weights, settings):
 def _fused_bwd(settings, residuals, cotangents):
     d_kernel, d_hidden, per_token = residuals
     g = cotangents[0]  # only the numerator is differentiable (see fused_cross_entropy)
-    return ((g * d_hidden.astype(jnp.float32)).astype(d_hidden.dtype), g * d_kernel, None,
-            g * per_token)
+    return ((g * d_hidden.astype(jnp.float32)).astype(d_hidden.dtype),
+            None if d_kernel is None else g * d_kernel, None, g * per_token)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

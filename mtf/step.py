@@ -74,7 +74,7 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
         losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
-                           loss.unroll_chunks))
+                           loss.unroll_chunks, kernel_grad=frozen is None))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}
     return numerator, (stats, per_token * weights)
