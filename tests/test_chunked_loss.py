@@ -17,8 +17,9 @@ CONFIG = T5Config(vocab_size=53, emb_dim=16, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=2, head_dim=8, mlp_dim=32, dropout_rate=0.0)
 
 
-def reference_loss_terms(params, batch, dropout_rng, model, loss):
+def reference_loss_terms(params, batch, dropout_rng, model, loss, frozen=None):
     """The loss as it was before chunking: whole [batch, length, vocab] logits, autodiff."""
+    assert frozen is None  # full finetuning only
     inputs = {k: batch[k] for k in step.MODEL_INPUTS if k in batch}
     logits = model.apply({"params": params}, **inputs, enable_dropout=False)
     targets = batch["decoder_target_tokens"]
