@@ -84,7 +84,7 @@ if sys.argv[1:] == ["lora"]:
         if shape == (2, 2, 2):
             P = jax.sharding.PartitionSpec
             assert kernel.sharding.spec == P("fsdp", "model"), kernel.sharding.spec
-            assert query["lora_a"].sharding.spec == P("fsdp", None)
+            assert query["lora_a"].sharding.spec == P(None, "fsdp")
             assert query["lora_b"].sharding.spec == P(None, "model")
     print("lora ok")
     sys.exit(0)

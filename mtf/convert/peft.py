@@ -1,10 +1,10 @@
 """Hugging Face PEFT LoRA adapters of MT5ForConditionalGeneration <-> mtf adapters.
 
 PEFT's layout: `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, ...)
-and `adapter_model.safetensors` with `base_model.model.<HF module>.lora_A.weight` [r, in]
-and `lora_B.weight` [out, r]; mtf's `lora_a` [in, r] and `lora_b` [r, out] are their
-transposes, beside the kernel `hf.name_map` pairs with that module. Both scale by
-lora_alpha / r, so the same numbers give the same model.
+and `adapter_model.safetensors` with `base_model.model.<HF module>.lora_A.weight`
+[r, in] and `lora_B.weight` [out, r]; mtf's `lora_a` [r, in] is lora_A as it is and
+`lora_b` [r, out] the transpose of lora_B, beside the kernel `hf.name_map` pairs with
+that module. Both scale by lora_alpha / r, so the same numbers give the same model.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def save(path: str | os.PathLike, config: T5Config, adapters: Params,
             continue
         targets.append(module)
         tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(
-            np.asarray(flat[f"{where}/lora_a"], np.float32).T)
+            np.asarray(flat[f"{where}/lora_a"], np.float32))
         tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(
             np.asarray(flat[f"{where}/lora_b"], np.float32).T)
     path = Path(os.fspath(path))
@@ -143,7 +143,7 @@ def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Para
                 f"{shapes[kernel]} needs {(rank, fan_in)} and {(fan_out, rank)}: the adapter "
                 "is for a model of another size")
         where = tuple(kernel.split("/")[:-1])
-        flat[where + ("lora_a",)] = np.asarray(pair["A"], np.float32).T.copy()
+        flat[where + ("lora_a",)] = np.asarray(pair["A"], np.float32).copy()
         flat[where + ("lora_b",)] = np.asarray(pair["B"], np.float32).T.copy()
     alpha = float(settings.get("lora_alpha", 8))
     if settings.get("use_rslora"):  # rsLoRA scales by alpha / sqrt(r): the same in alpha / r

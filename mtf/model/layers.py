@@ -38,14 +38,15 @@ def constrain(x: Array, axes: tuple[str, ...]) -> Array:
 
 # PEFT's LoRA initialisation: A as torch's default Linear init (kaiming_uniform, a=sqrt(5),
 # i.e. uniform within 1/sqrt(fan_in)), B zero so the adapted model starts as the base.
-LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+LORA_A_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=-1,
+                                               out_axis=-2)
 LORA_RANK_AXIS = "lora_rank"
 
 
 class Dense(nn.Module):
     """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X checkpoints.
 
-    With `lora` whose targets match this kernel's name, low-rank adapters `lora_a` [in, r]
+    With `lora` whose targets match this kernel's name, low-rank adapters `lora_a` [r, in]
     and `lora_b` [r, out] sit beside the kernel (named by the kernel's logical axes, so they
     shard like it) and add (alpha / r) (dropout(x) A) B.
     """
@@ -74,14 +75,16 @@ class Dense(nn.Module):
         if self.lora is None or not self.lora.applies_to("/".join(self.path) + "/kernel"):
             return y
         rank = self.lora.rank
-        a = logical_param(self, "lora_a", LORA_A_INIT, (flat_in, rank),
-                          (self.kernel_axes[0], LORA_RANK_AXIS))
+        # A is stored [r, in] (PEFT's lora_A layout): its gradient then comes out rank-major,
+        # which XLA:CPU computes 3.5x faster than [in, r] (measured, bench/hf_compare --lora)
+        a = logical_param(self, "lora_a", LORA_A_INIT, (rank, flat_in),
+                          (LORA_RANK_AXIS, self.kernel_axes[0]))
         b = logical_param(self, "lora_b", nn.initializers.zeros, (rank, flat_out),
                           (LORA_RANK_AXIS, self.kernel_axes[1]))
         if not deterministic and self.lora.dropout > 0:
             x = nn.Dropout(self.lora.dropout, name="lora_dropout")(x, deterministic=False)
-        a = jnp.reshape(a.astype(self.dtype), in_shape + (rank,))
-        low = lax.dot_general(x, a, (contract, ((), ())))  # [..., r]
+        a = jnp.reshape(a.astype(self.dtype), (rank,) + in_shape)
+        low = lax.dot_general(x, a, ((axis, tuple(range(1, len(axis) + 1))), ((), ())))
         b = jnp.reshape(b.astype(self.dtype), (rank,) + features)
         update = lax.dot_general(low, b, (((low.ndim - 1,), (0,)), ((), ())))
         return y + update * jnp.asarray(self.lora.scale, self.dtype)

@@ -94,7 +94,7 @@ def merge(params: Params, config: T5Config) -> Params:
         kernel = jnp.asarray(flat[module + ("kernel",)], jnp.float32)
         # '...' keeps a scanned tree's leading layer axis
         out[module + ("kernel",)] = np.asarray(
-            kernel + scale * jnp.einsum("...ir,...ro->...io", a, b,
+            kernel + scale * jnp.einsum("...ri,...ro->...io", a, b,
                                         precision=jax.lax.Precision.HIGHEST))
     return traverse_util.unflatten_dict(out)
 
