@@ -46,14 +46,10 @@ def _hf_mt5(model: str, vocab: int):
     return MT5ForConditionalGeneration(config)
 
 
-def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
-                    steps: int) -> float:
+def _train_seconds(net, opt, vocab: int, batch: int, inputs: int, targets: int,
+                   steps: int) -> float:
+    """Seconds for `steps` HF training steps on random batches, after one warm-up step."""
     import torch
-    from transformers.optimization import Adafactor
-
-    net = _hf_mt5(model, vocab).train()
-    opt = Adafactor(net.parameters(), lr=1e-3, scale_parameter=True, relative_step=False,
-                    warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
 
     def step():
         ids = torch.randint(2, vocab, (batch, inputs))
@@ -67,7 +63,19 @@ def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: in
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return batch * (inputs + targets) * steps / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def hf_tokens_per_s(model: str, vocab: int, batch: int, inputs: int, targets: int,
+                    steps: int) -> float:
+    from transformers.optimization import Adafactor
+
+    net = _hf_mt5(model, vocab).train()
+    opt = Adafactor(net.parameters(), lr=1e-3, scale_parameter=True, relative_step=False,
+                    warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
+
+    return batch * (inputs + targets) * steps / _train_seconds(net, opt, vocab, batch, inputs,
+                                                               targets, steps)
 
 
 def hf_peft_result(model: str, vocab: int, batch: int, inputs: int, targets: int,
@@ -82,19 +90,7 @@ def hf_peft_result(model: str, vocab: int, batch: int, inputs: int, targets: int
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
 
-    def step():
-        ids = torch.randint(2, vocab, (batch, inputs))
-        labels = torch.randint(2, vocab, (batch, targets))
-        loss = net(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - start
+    seconds = _train_seconds(net, opt, vocab, batch, inputs, targets, steps)
     state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values()
                       for t in s.values() if torch.is_tensor(t))
     return {"tokens_per_s": batch * (inputs + targets) * steps / seconds,
