@@ -23,8 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from mtf import storage
 from mtf.convert.errors import CheckpointError
+from mtf.convert.native import resolved_path, restore_float32
 from mtf.model import T5Config, abstract_params, lora
 
 Params = dict[str, Any]
@@ -79,11 +79,6 @@ def check_base(recorded: dict[str, str] | None, actual: dict[str, str], adapters
                      recorded.get("path"), actual["path"])
 
 
-def _path(path: str | os.PathLike) -> Any:
-    path = os.fspath(path)
-    return storage.path(path if storage.is_remote(path) else os.path.abspath(path))
-
-
 def abstract_adapters(config: T5Config) -> Params:
     _, adapters = lora.split(abstract_params(config))
     return adapters
@@ -93,7 +88,7 @@ def save(path: str | os.PathLike, config: T5Config, adapters: Params,
          record: dict[str, str] | None) -> None:
     """An adapter directory: config.json (the adapted model's T5Config), adapters/ (Orbax,
     float32), base.json (the base they belong to)."""
-    path = _path(path)
+    path = resolved_path(path)
     path.mkdir(parents=True, exist_ok=True)
     adapters = jax.tree.map(lambda x: np.asarray(x, np.float32), adapters)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -104,7 +99,7 @@ def save(path: str | os.PathLike, config: T5Config, adapters: Params,
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
-    p = _path(path)
+    p = resolved_path(path)
     return (p / "adapters").exists() and (p / "config.json").exists()
 
 
@@ -116,42 +111,30 @@ def load(path: str | os.PathLike, step: int | None = None
     from mtf.convert import peft
     from mtf.convert.native import training_step
 
-    p = _path(path)
+    p = resolved_path(path)
     if peft.is_peft_dir(p):
         raise CheckpointError(f"{path} is a Hugging Face PEFT adapter; it needs the base "
                               "model's config to be read: use peft.load(path, base_config)")
     if is_adapter_dir(p):
         config = T5Config.from_json((p / "config.json").read_text())
         record = json.loads((p / "base.json").read_text()) if (p / "base.json").exists() else {}
-        return config, _restore(p / "adapters", config, None), record
+        return config, restore_float32(p / "adapters", abstract_adapters(config), None,
+                                       "the adapters"), record
     step_dir = training_step(path, step)
     if step_dir is None:
         raise CheckpointError(f"{path} holds no adapters: expected a LoRA run's MODEL_DIR (or "
                               "one of its checkpoints/<step> folders), an adapter directory "
                               "(config.json + adapters/) or a PEFT directory "
                               "(adapter_config.json + adapter_model.safetensors)")
-    step_path = _path(step_dir)
+    step_path = resolved_path(step_dir)
     config = T5Config.from_json((step_path / "config" / "metadata").read_text())
     if config.lora is None:
         raise CheckpointError(f"{step_dir} is a full finetuning checkpoint, not a LoRA run: use "
                               "it as the model itself (no --adapter)")
     data = json.loads((step_path / "data" / "metadata").read_text())
-    return config, _restore(step_path / "state", config, "params"), data.get("lora_base")
-
-
-def _restore(where: Any, config: T5Config, key: str | None) -> Params:
-    target = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), abstract_adapters(config))
-    restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray,
-                                                     dtype=np.float32), target)
-    item, args = (target, restore) if key is None else ({key: target}, {key: restore})
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        try:
-            out = checkpointer.restore(where, args=ocp.args.PyTreeRestore(
-                item=item, restore_args=args, partial_restore=True))
-        except Exception as e:
-            raise CheckpointError(f"{where}: cannot read the adapters ({type(e).__name__}: "
-                                  f"{e}); the checkpoint may be incomplete or corrupt") from e
-    return out if key is None else out[key]
+    adapters = restore_float32(step_path / "state", abstract_adapters(config), "params",
+                               "the adapters")
+    return config, adapters, data.get("lora_base")
 
 
 def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str,
@@ -160,7 +143,7 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
     folded into its kernels, after checking they were trained on this base."""
     from mtf.convert import peft
 
-    if peft.is_peft_dir(_path(adapter_path)):
+    if peft.is_peft_dir(resolved_path(adapter_path)):
         config, adapters = peft.load(adapter_path, base_config)
         record = None
     else:

@@ -41,9 +41,10 @@ def load_checkpoint(path: str, config: T5Config | None = None,
         raise CheckpointError(f"adapter {adapter} does not exist")
     loaded.config, loaded.params = adapters.apply(loaded.source, loaded.config, loaded.params,
                                                   adapter)
-    loaded.adapter_source = native.training_step(adapter) or adapter
-    if loaded.vocabulary is None and native.training_step(adapter):
-        loaded.vocabulary = native.step_vocabulary(native.training_step(adapter))
+    adapter_step = native.training_step(adapter)
+    loaded.adapter_source = adapter_step or adapter
+    if loaded.vocabulary is None and adapter_step:
+        loaded.vocabulary = native.step_vocabulary(adapter_step)
     return loaded
 
 
