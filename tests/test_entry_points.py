@@ -128,13 +128,21 @@ def test_convert_cli_reports_bad_input(tmp_path):
 def test_bench_prints_its_json():
     import json
 
+    # --lora_rank: the LoRA step, and full finetuning of the same shapes beside it
     result = run("mtf.bench", "train", "--model", "tiny", "--vocab", "4224", "--batch", "2",
-                 "--inputs", "16", "--targets", "8", "--steps", "2")
+                 "--inputs", "16", "--targets", "8", "--steps", "2", "--lora_rank", "4",
+                 "--optimizer", "adamw")
     assert result.returncode == 0, result.stderr[-2000:]
     line = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("tokens_per_s", "step_s", "peak_flops_per_s", "mfu", "model_flops_per_step"):
+    for key in ("tokens_per_s", "step_s", "peak_flops_per_s", "mfu", "model_flops_per_step",
+                "full_tokens_per_s", "temp_bytes", "full_temp_bytes"):
         assert line[key] > 0, key
     assert line["tokens_per_s"] == pytest.approx(2 * 24 / line["step_s"])
+    assert line["lora_rank"] == 4
+    assert line["trainable_parameters"] < line["full_trainable_parameters"] / 10
+    # AdamW's two float32 moments of the adapters alone (plus its step count)
+    assert 8 * line["trainable_parameters"] <= line["optimizer_state_bytes"] < (
+        8 * line["trainable_parameters"] + 64)
 
 
 @pytest.mark.slow
