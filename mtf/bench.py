@@ -91,8 +91,6 @@ def _train_run(args: argparse.Namespace, model_config) -> dict:
     step_s = (time.perf_counter() - start) / args.steps
     peak = flops.measure_peak_flops(args.dtype) * jax.device_count()
     model_flops = flops.model_flops_per_step(model_config, args.batch, args.inputs, args.targets)
-    if model_config.lora is not None:  # no weight gradients of the frozen base: 4N, not 6N
-        model_flops *= 2 / 3
     return {
         "bench": "train", "model": args.model, "vocab": args.vocab, "dtype": args.dtype,
         "batch": args.batch, "inputs": args.inputs, "targets": args.targets,

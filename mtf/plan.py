@@ -104,7 +104,7 @@ def _largest_arrays(program, count: int = 6) -> list[dict[str, Any]]:
     import numpy as np
 
     rows = []
-    for part in ("params", "opt_state"):
+    for part in ("params", "opt_state", "frozen"):
         leaves = jax.tree_util.tree_leaves_with_path(getattr(program.abstract_state, part))
         for path, leaf in leaves:
             nbytes = float(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
@@ -192,9 +192,9 @@ def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: 
     batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
     tips = []
     if state_bytes > 0.5 * hbm:
-        tips.append(f"parameters + optimizer state alone take {state_bytes / GIB:.1f} GiB per "
-                    "device: shard them over more devices (a larger fsdp or model axis in "
-                    "MESH_SHAPE) or use a larger slice")
+        tips.append(f"parameters + optimizer state (+ a LoRA base) alone take "
+                    f"{state_bytes / GIB:.1f} GiB per device: shard them over more devices "
+                    "(a larger fsdp or model axis in MESH_SHAPE) or use a larger slice")
     if model.remat_policy in ("none", "dots"):
         tips.append("recompute activations in the backward pass: "
                     "--gin.REMAT_POLICY=dots_with_no_batch_dims (or 'full', the least memory)")
@@ -239,6 +239,8 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
                                           program.shardings.params),
         "opt_state_bytes": _bytes_per_device(program.abstract_state.opt_state,
                                              program.shardings.opt_state),
+        "frozen_bytes": (0.0 if program.abstract_state.frozen is None else _bytes_per_device(
+            program.abstract_state.frozen, program.shardings.frozen)),
         "batch_bytes": _bytes_per_device(program.abstract_batch,
                                          {k: program.batch_sharding
                                           for k in program.abstract_batch}),
@@ -280,7 +282,8 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
                                 "extended to the full depth, x microbatches")
     if not report["fits"]:
         report["advice"] = _advice(arguments, report["mesh"],
-                                   report["params_bytes"] + report["opt_state_bytes"],
+                                   report["params_bytes"] + report["opt_state_bytes"]
+                                   + report["frozen_bytes"],
                                    chip.hbm_bytes)
     jax.clear_caches()
     return report
@@ -298,6 +301,8 @@ def format_report(r: dict[str, Any]) -> str:
         "  per device:",
         f"    parameters       {gib(r['params_bytes'])}",
         f"    optimizer state  {gib(r['opt_state_bytes'])}",
+    ] + ([f"    frozen base      {gib(r['frozen_bytes'])} (LoRA: no gradients, no optimizer "
+          "state)"] if r.get("frozen_bytes") else []) + [
         f"    batch            {gib(r['batch_bytes'])}",
     ]
     if "temp_bytes" in r:

@@ -18,7 +18,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning, state, step
+from mtf.errors import SettingError
 from mtf.model import T5Config
+
+DROPOUT_RNGS = ("threefry2x32", "rbg")  # jax.random key implementations for the dropout key
 
 PACKING_INPUTS = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
                   "decoder_positions")
@@ -48,11 +51,17 @@ class TrainProgram:
     batch_sharding: NamedSharding
     abstract_batch: dict[str, jax.ShapeDtypeStruct]
     dropout: bool
+    dropout_rng: str = "threefry2x32"
+
+    def dropout_key(self, seed: int) -> jax.Array:
+        """The dropout key of this program's PRNG implementation ('rbg': the chip's
+        hardware generator, T5X's use_hardware_rng; bits then depend on the partitioning)."""
+        return jax.random.key(seed, impl=self.dropout_rng)
 
     def lower(self, rng: jax.Array | None = None) -> Any:
         """Lowers for the abstract arguments (`rng`: the dropout key, or None)."""
         if self.dropout and rng is None:
-            rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
+            rng = jax.ShapeDtypeStruct((), self.dropout_key(0).dtype,
                                        sharding=NamedSharding(self.mesh, PartitionSpec()))
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
             return self.jitted.lower(self.abstract_state, self.abstract_batch,
@@ -65,8 +74,12 @@ class TrainProgram:
 def train_program(model_config: T5Config, optimizer: optax.GradientTransformation,
                   mesh: Mesh, batch_size: int, lengths: Mapping[str, int], pack: bool,
                   loss: step.LossConfig, num_microbatches: int = 1,
-                  learning_rate: optax.Schedule | None = None) -> TrainProgram:
+                  learning_rate: optax.Schedule | None = None,
+                  dropout_rng: str = "threefry2x32") -> TrainProgram:
     """The train step of these settings on `mesh`, ready to lower and compile."""
+    if dropout_rng not in DROPOUT_RNGS:
+        raise SettingError(f"DROPOUT_RNG={dropout_rng!r}: use one of {DROPOUT_RNGS} ('rbg': "
+                         "the hardware generator, much cheaper for large dropout masks)")
     abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
     batch_spec = partitioning.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -79,7 +92,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return TrainProgram(mesh, jitted, abstract_state, shardings, batch_spec,
                         abstract_batch(batch_size, lengths, pack, batch_spec),
-                        model_config.uses_dropout)
+                        model_config.uses_dropout, dropout_rng)
 
 
 def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,

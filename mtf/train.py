@@ -271,7 +271,8 @@ def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
 def step_program(mesh, *, model_config: T5Config, batch_size: int, data: batches.DataConfig,
                  optimizer: str, learning_rate: float, schedule: str, warmup_steps: int,
                  decay_steps: int, grad_clip_norm: float | None, weight_decay: float,
-                 loss: step.LossConfig, num_microbatches: int, **_other_train_arguments
+                 loss: step.LossConfig, num_microbatches: int, dropout_rng: str = "threefry2x32",
+                 **_other_train_arguments
                  ) -> tuple[program.TrainProgram, optax.GradientTransformation]:
     """The step `train` compiles for these arguments (train's own; `mtf.plan` passes the gin
     bindings of `train` to get exactly the same program), and its optimizer."""
@@ -279,7 +280,7 @@ def step_program(mesh, *, model_config: T5Config, batch_size: int, data: batches
     tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)
     lengths = batches.task_feature_lengths(data.task_feature_lengths)
     return program.train_program(model_config, tx, mesh, batch_size, lengths, data.pack,
-                                 loss, num_microbatches, schedule_fn), tx
+                                 loss, num_microbatches, schedule_fn, dropout_rng), tx
 
 
 def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_size: int,
@@ -294,7 +295,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
           log_period: int = 10, seed: int = 0,
           peak_flops_per_device: float | None = None, eval_period: int | None = None,
           eval_config: evaluation.EvalConfig | None = None,
-          eval_steps: int | None = None) -> TrainResult:
+          eval_steps: int | None = None, dropout_rng: str = "threefry2x32") -> TrainResult:
     """Trains `model_config` on `data` until step `train_steps` (the same target when it
     resumes; pretraining steps are not counted), see the module doc."""
     data = data or batches.DataConfig()
@@ -315,7 +316,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             mesh, model_config=model_config, batch_size=batch_size, data=data,
             optimizer=optimizer, learning_rate=learning_rate, schedule=schedule,
             warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
-            weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches)
+            weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches,
+            dropout_rng=dropout_rng)
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
         evaluator = _evaluator(model_config, mesh, eval_period, eval_config)
         validation_loss = (validation.ValidationLoss(
@@ -338,7 +340,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             ckpts.close()
             return TrainResult(start, start, {}, False, source)
 
-        rng = jax.random.key(seed) if compiled_step.dropout else None
+        rng = compiled_step.dropout_key(seed) if compiled_step.dropout else None
         compiled = compiled_step.compile(rng)
         if chief:
             _print_memory(compiled)

@@ -238,3 +238,18 @@ def test_same_lora_loss_and_gradients_on_eight_devices():
                             text=True, timeout=600, cwd=script.parent)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "lora ok" in result.stdout
+
+
+def test_lora_model_flops_leave_out_the_frozen_weight_gradients():
+    """MFU of a LoRA run (train's log, bench, plan) counts 4x the base's multiply-adds, not
+    6x: no weight gradients; attention's activation products keep their full 6x."""
+    from mtf import flops
+
+    base = T5Config(vocab_size=250112, emb_dim=512, num_heads=6, num_encoder_layers=8,
+                    num_decoder_layers=8, head_dim=64, mlp_dim=1024)
+    adapted = base.replace(lora=LoraConfig())
+    one_token = [flops.model_flops_per_step(c, 8, 1, 1) for c in (base, adapted)]
+    assert one_token[1] / one_token[0] == pytest.approx(2 / 3, rel=1e-3)  # weights only
+    long = [flops.model_flops_per_step(c, 8, 1024, 1024) for c in (base, adapted)]
+    attention = 6 * 8 * (1024 * 8 * 2 * 1024 * 6 * 64 + 1024 * 8 * 2 * 2048 * 6 * 64)
+    assert long[0] - long[1] == pytest.approx((long[0] - attention) / 3, rel=1e-9)

@@ -37,7 +37,8 @@ def check_memory_figures(report):
                 if a and a != "None"]
         shards = int(np.prod([mesh[a] for a in axes])) if axes else 1
         assert array["bytes_per_device"] == pytest.approx(array["bytes"] / shards, rel=1e-6)
-    state = report["params_bytes"] + report["opt_state_bytes"] + report["batch_bytes"]
+    state = (report["params_bytes"] + report["opt_state_bytes"] + report["batch_bytes"]
+             + report["frozen_bytes"])
     if "argument_bytes" in report:  # the compiler's own count of the step's inputs
         assert report["argument_bytes"] == pytest.approx(state, rel=0.02)
 
@@ -138,4 +139,23 @@ def test_mt0_configs_fit_their_slices_with_15_percent_spare(tmp_path, gin_file, 
     assert report["fits"] and report["headroom"] >= 0.15
     assert (report["batch"], report["lengths"]) == (512, {"inputs": 1024, "targets": 1024})
     assert report["peak_bytes"] <= 0.85 * report["hbm_bytes"]
+    check_memory_figures(report)
+
+
+@pytest.mark.slow
+def test_the_mt0_xxl_lora_recipe_fits_one_v4_8_host(tmp_path):
+    """gin/mt0_xxl_lora.gin: the frozen 13B base in bfloat16, fully sharded over one host's
+    4 chips, with rank-8 adapters (hardware-RNG dropout) fits with 15% of HBM to spare; the
+    report counts the base apart from what trains."""
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_xxl_lora.gin", "--topology=v4-8",
+                        "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/mt0-xxl'", "--no_cost",
+                        "--min_headroom=0.15")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert report["compiled_by"].startswith("the TPU compiler") and report["fits"]
+    assert report["headroom"] >= 0.15
+    # 12.9B frozen parameters in bfloat16 over 4 devices; the adapters are ~0.1% of that
+    assert report["frozen_bytes"] == pytest.approx(12.9e9 * 2 / 4, rel=0.02)
+    assert report["params_bytes"] < 0.01 * report["frozen_bytes"]
+    assert report["opt_state_bytes"] == pytest.approx(2 * report["params_bytes"], rel=0.01)
+    assert "frozen base" in done.stdout
     check_memory_figures(report)
