@@ -1,13 +1,14 @@
 """The README's TPU plan tables, produced with `python -m mtf.plan` (libtpu, compile-only).
 
-    python bench/plan_table.py [--table sizes|before_after|both] [--out FILE.md]
+    python bench/plan_table.py [--table sizes|before_after|both] [--only TEXT] [--out FILE.md]
 
 `sizes`: every mT0 config with its gin defaults on the slice its model card names (and
 mt0-xxl on v4-64): fits or not, peak memory, step time and MFU ceiling.
 `before_after`: mt0_small on v4-64 and mt0_xxl on v4-256, first with the published
 settings as mtf ran them before the memory work (whole logits, no remat, unscanned, one
 microbatch), then each change in turn, to show what each did to temporaries, HBM traffic
-and the MFU ceiling. Every row is one `python -m mtf.plan` run (minutes each on 2 CPUs).
+and the MFU ceiling. Every row is one `python -m mtf.plan` run (minutes each on 2 CPUs);
+`--only mt0-xxl` makes just the rows whose label contains that text.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
 BEFORE = ["--gin.LOSS_CHUNKS=1", "--gin.REMAT_POLICY='none'", "--gin.SCAN_LAYERS=False",
           "--gin.NUM_MICROBATCHES=1"]
+TENSOR_PARALLEL = ["--gin.MESH_SHAPE=(1, -1, 8)"]  # mt0_xxl.gin's mesh before FSDP-only
 SIZES = [
     ("mt0-small", "gin/mt0_small.gin", "v4-64", []),
     ("mt0-base", "gin/mt0_base.gin", "v4-64", []),
@@ -34,9 +36,12 @@ SIZES = [
 BEFORE_AFTER = [
     ("mt0-small, before", "gin/mt0_small.gin", "v4-64", BEFORE),
     ("mt0-small, + chunked loss (gin default)", "gin/mt0_small.gin", "v4-64", []),
-    ("mt0-xxl, before", "gin/mt0_xxl.gin", "v4-256", BEFORE),
-    ("mt0-xxl, + chunked loss", "gin/mt0_xxl.gin", "v4-256", BEFORE[1:]),
-    ("mt0-xxl, + scanned layers, full remat (gin default)", "gin/mt0_xxl.gin", "v4-256", []),
+    ("mt0-xxl, before", "gin/mt0_xxl.gin", "v4-256", BEFORE + TENSOR_PARALLEL),
+    ("mt0-xxl, + chunked loss", "gin/mt0_xxl.gin", "v4-256", BEFORE[1:] + TENSOR_PARALLEL),
+    ("mt0-xxl, + scanned layers, full remat", "gin/mt0_xxl.gin", "v4-256", TENSOR_PARALLEL),
+    ("mt0-xxl, + fully sharded, no tensor parallelism", "gin/mt0_xxl.gin", "v4-256",
+     ["--gin.REMAT_POLICY='full'"]),
+    ("mt0-xxl, + projections saved (gin default)", "gin/mt0_xxl.gin", "v4-256", []),
 ]
 
 
@@ -86,6 +91,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", default="both", choices=["sizes", "before_after", "both"])
+    parser.add_argument("--only", help="only the rows whose label contains this text")
     parser.add_argument("--out", help="also write the markdown here")
     args = parser.parse_args()
     tables = {"sizes": SIZES, "before_after": BEFORE_AFTER}
@@ -94,6 +100,8 @@ def main() -> int:
     for name in chosen:
         text += [f"### {name}", "", HEADER]
         for label, gin_file, topology, extra in tables[name]:
+            if args.only and args.only not in label:
+                continue
             text.append(row(label, topology, plan(gin_file, topology, extra)))
             print(text[-1], flush=True)
         text.append("")

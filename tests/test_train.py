@@ -103,7 +103,7 @@ def test_flagship_config_builds_abstractly(tmp_path):
     assert (built["batch"], built["lengths"], built["pack"]) == (512, [1024, 1024], False)
     assert built["normalizing"] == "AVERAGE_PER_SEQUENCE" and built["z_loss"] == 1e-4
     assert built["dtype"] == "bfloat16" and built["dropout"] == 0.1
-    assert built["mesh"] == {"data": 1, "fsdp": 1, "model": 8}
+    assert built["mesh"] == {"data": 1, "fsdp": 8, "model": 1}  # FSDP over every device
     # scanned layers: the leading layer axis is not sharded
     assert built["mlp_spec"] == ["None", "fsdp", "model"] and built["mixture_tasks"] == 1
     assert built["initial"].endswith("mt5_xxl/checkpoint_1000000") and built["lowered"]
