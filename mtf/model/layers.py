@@ -83,10 +83,14 @@ class Dense(nn.Module):
                           (LORA_RANK_AXIS, self.kernel_axes[1]))
         if not deterministic and self.lora.dropout > 0:
             x = nn.Dropout(self.lora.dropout, name="lora_dropout")(x, deterministic=False)
-        a = jnp.reshape(a.astype(self.dtype), (rank,) + in_shape)
-        low = lax.dot_general(x, a, ((axis, tuple(range(1, len(axis) + 1))), ((), ())))
-        b = jnp.reshape(b.astype(self.dtype), (rank,) + features)
-        update = lax.dot_general(low, b, (((low.ndim - 1,), (0,)), ((), ())))
+        if axis != tuple(range(x.ndim - len(axis), x.ndim)):
+            raise ValueError(f"LoRA on {'/'.join(self.path)}: contracted axes {axis} are not "
+                             "the trailing axes of its input")
+        # as 2-D matmuls over the flattened tokens: XLA:CPU runs the rank-r products of
+        # multi-dimensional dot_generals several times slower (bench/hf_compare --lora)
+        batch_shape = x.shape[:x.ndim - len(axis)]
+        low = jnp.dot(x.reshape(-1, flat_in), a.astype(self.dtype).T)
+        update = jnp.dot(low, b.astype(self.dtype)).reshape(batch_shape + features)
         return y + update * jnp.asarray(self.lora.scale, self.dtype)
 
 
