@@ -153,9 +153,10 @@ def test_the_mt0_xxl_lora_recipe_fits_one_v4_8_host(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report["compiled_by"].startswith("the TPU compiler") and report["fits"]
     assert report["headroom"] >= 0.15
-    # 12.9B frozen parameters in bfloat16 over 4 devices; the adapters are ~0.1% of that
+    # 12.9B frozen parameters in bfloat16 over 4 devices; the adapters (35M in float32,
+    # partly replicated: the rank axis and the model axis of size 1 shard nothing)
     assert report["frozen_bytes"] == pytest.approx(12.9e9 * 2 / 4, rel=0.02)
-    assert report["params_bytes"] < 0.01 * report["frozen_bytes"]
+    assert 35e6 * 4 / 4 < report["params_bytes"] < 35.5e6 * 4
     assert report["opt_state_bytes"] == pytest.approx(2 * report["params_bytes"], rel=0.01)
     assert "frozen base" in done.stdout
     check_memory_figures(report)
