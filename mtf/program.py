@@ -79,7 +79,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
     """The train step of these settings on `mesh`, ready to lower and compile."""
     if dropout_rng not in DROPOUT_RNGS:
         raise SettingError(f"DROPOUT_RNG={dropout_rng!r}: use one of {DROPOUT_RNGS} ('rbg': "
-                         "the hardware generator, much cheaper for large dropout masks)")
+                           "the hardware generator, much cheaper for large dropout masks)")
     abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
     batch_spec = partitioning.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
