@@ -148,6 +148,15 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
         record = None
     else:
         config, adapters, record = load(adapter_path, step)
+    return base_config, merged(base_path, base_config, base, config, adapters, record,
+                               adapter_path)
+
+
+def merged(base_path: str, base_config: T5Config, base: Params, config: T5Config,
+           adapters: Params, record: dict[str, str] | None, adapter_path: str) -> Params:
+    """The base's params (float32) with `adapters` (of the adapted `config`, read from
+    `adapter_path`, trained on the base `record` names) folded into its kernels, after
+    checking they belong to this base; scanned or not as the base is."""
     if config_hash(config) != config_hash(base_config):
         raise CheckpointError(
             f"the adapters in {adapter_path} belong to a model of another shape than the base "
@@ -156,6 +165,5 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
     if base_config.scan_layers != config.scan_layers:
         adapters = (lora.scan_adapters(adapters, config) if base_config.scan_layers
                     else lora.unscan_adapters(adapters))
-    params = lora.join(base, adapters)
-    merged = lora.merge(params, config.replace(scan_layers=base_config.scan_layers))
-    return base_config, merged
+    return lora.merge(lora.join(base, adapters),
+                      config.replace(scan_layers=base_config.scan_layers))

@@ -75,11 +75,8 @@ def init_adapters(config: T5Config, optimizer: optax.GradientTransformation, fro
                   shardings: TrainState, rng: jax.Array) -> TrainState:
     """A LoRA state at step 0 on a loaded base: fresh adapters (B = 0: the base model's
     outputs) and their optimizer state; the base arrays are used as they are."""
-    def fresh(key):
-        adapters, _ = trained_and_frozen(init_params(config, key), config)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=adapters,
-                          opt_state=optimizer.init(adapters))
+    def fresh(key):  # the random base `_init` makes is dropped (dead code to XLA)
+        return _init(config, optimizer, key).replace(frozen=None)
 
-    out = shardings.replace(frozen=None)
-    state = jax.jit(fresh, out_shardings=out)(rng)
+    state = jax.jit(fresh, out_shardings=shardings.replace(frozen=None))(rng)
     return state.replace(frozen=frozen)

@@ -169,9 +169,8 @@ def _convert_adapters(args) -> int:
     if not base_path:
         raise CheckpointError(f"no base model recorded with {args.source}: pass --base BASE")
     base = load_checkpoint(base_path, config.base, setting="--base")
-    adapters.check_base(record, adapters.base_record(base_path, config.base, base.params),
-                        args.source)
-    merged = lora.merge(lora.join(base.params, ads), config)
+    merged = adapters.merged(base_path, config.base, base.params, config, ads, record,
+                             args.source)
     print(f"merged the adapters into {base_path}")
     _write_model(args, config.base, merged, args.vocabulary or base.vocabulary)
     return 0
