@@ -17,6 +17,9 @@ ACTIVATIONS = ("gelu", "relu", "linear")
 # (alias 'minimal') the matmuls whose operands have no batch dimension, 'offload_dots' the
 # same matmul outputs moved to host memory (TPU/GPU; jax.checkpoint_policies).
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "minimal", "offload_dots")
+# How attention is computed in training and scoring: XLA ops (any platform), or the TPU
+# flash kernel (mtf.model.flash: no [batch, heads, q, k] scores in HBM; TPU only).
+ATTENTION_KERNELS = ("xla", "flash")
 # Searched in each attention/MLP kernel's T5X name: query/key/value/out of every attention
 # and wi_0/wi_1/wo of every MLP, in both stacks (PEFT's q,k,v,o,wi_0,wi_1,wo for mT5).
 LORA_DEFAULT_TARGETS = r"(attention|mlp)/[^/]+/kernel$"
@@ -89,6 +92,7 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     remat_policy: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = False
+    attention_kernel: str = "xla"  # one of ATTENTION_KERNELS
     lora: LoraConfig | None = None  # low-rank adapters (frozen base); None: plain model
 
     def __post_init__(self) -> None:
@@ -109,6 +113,9 @@ class T5Config:
         if self.remat_policy not in REMAT_POLICIES:
             raise SettingError(
                 f"T5Config.remat_policy={self.remat_policy!r}: use one of {REMAT_POLICIES}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise SettingError(f"T5Config.attention_kernel={self.attention_kernel!r}: use one "
+                               f"of {ATTENTION_KERNELS} ('flash' runs on TPU only)")
         try:
             jnp.dtype(self.dtype)
         except TypeError as e:

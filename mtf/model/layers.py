@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mtf.model import flash, masks
 from mtf.model.config import LoraConfig
 
 Array = jax.Array
@@ -204,9 +205,11 @@ class MultiHeadAttention(nn.Module):
     float32_logits: bool = False
     kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     lora: LoraConfig | None = None
+    kernel: str = "xla"  # 'flash': mtf.model.flash, given a masks.SegmentMask
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None,
+    def __call__(self, inputs_q: Array, inputs_kv: Array,
+                 mask: Array | masks.SegmentMask | None = None,
                  bias: Array | None = None, *, decode: bool = False,
                  deterministic: bool = True, cross_cache: str | None = None) -> Array:
         """cross_cache (decoding, encoder-decoder attention): 'fill' projects the encoded
@@ -234,6 +237,16 @@ class MultiHeadAttention(nn.Module):
             self.put_variable("cache", "cached_cross_key", key)
             self.put_variable("cache", "cached_cross_value", value)
 
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        if isinstance(mask, masks.SegmentMask):
+            if self.kernel == "flash" and not decode and not self.is_initializing():
+                x = flash.attention(query, key, value, bias, mask, dropout_rng,
+                                    self.dropout_rate, self.dtype)
+                return self._project_out(constrain(x, qkv_axes), inputs_q, deterministic)
+            mask = mask.dense()
+
         if decode:
             key, value, mask, bias = self._use_cache(query, key, value, mask, bias)
 
@@ -243,12 +256,11 @@ class MultiHeadAttention(nn.Module):
         if bias is not None:
             attention_bias = bias if attention_bias is None else attention_bias + bias
 
-        dropout_rng = None
-        if not deterministic and self.dropout_rate > 0.0:
-            dropout_rng = self.make_rng("dropout")
         x = dot_product_attention(query, key, value, attention_bias, dropout_rng,
                                   self.dropout_rate, self.dtype, self.float32_logits)
-        x = constrain(x, qkv_axes)
+        return self._project_out(constrain(x, qkv_axes), inputs_q, deterministic)
+
+    def _project_out(self, x: Array, inputs_q: Array, deterministic: bool) -> Array:
         return Dense(features=inputs_q.shape[-1], axis=(-2, -1),
                      kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
                      dtype=self.dtype, lora=self.lora, name="out")(x, deterministic)

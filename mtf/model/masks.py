@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 Array = jax.Array
 
@@ -54,3 +55,48 @@ def cross_mask(target_tokens: Array, input_tokens: Array, target_segment_ids: Ar
         mask = jnp.logical_and(
             mask, make_attention_mask(target_segment_ids, input_segment_ids, jnp.equal))
     return mask
+
+
+@struct.dataclass
+class SegmentMask:
+    """A mask the kernel can apply: query and key positions attend where their segment ids
+    are equal (0 = padding), and, when `causal`, only to earlier keys."""
+
+    query: Array  # [batch, q] int32
+    key: Array  # [batch, k] int32
+    causal: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> Array:
+        """The same mask as [batch, 1, q, k] booleans (for the XLA attention)."""
+        mask = self.query[:, None, :, None] == self.key[:, None, None, :]
+        if self.causal:
+            q, k = self.query.shape[-1], self.key.shape[-1]
+            mask = mask & (jnp.arange(q)[:, None] >= jnp.arange(k)[None, :])
+        return mask
+
+
+def encoder_segments(tokens: Array, segment_ids: Array | None) -> SegmentMask:
+    """`encoder_mask` as segment ids. Padding queries attend to padding keys rather than
+    to nothing: their outputs reach no real position and no loss, so nothing changes."""
+    ids = _segment_ids(tokens, segment_ids)
+    return SegmentMask(ids, ids)
+
+
+def decoder_segments(target_tokens: Array, segment_ids: Array | None) -> SegmentMask:
+    ids = _segment_ids(target_tokens, segment_ids)
+    return SegmentMask(ids, ids, causal=True)
+
+
+def cross_segments(target_tokens: Array, input_tokens: Array,
+                   target_segment_ids: Array | None,
+                   input_segment_ids: Array | None) -> SegmentMask:
+    if (target_segment_ids is None) != (input_segment_ids is None):
+        target_segment_ids = input_segment_ids = None  # as cross_mask: padding only
+    return SegmentMask(_segment_ids(target_tokens, target_segment_ids),
+                       _segment_ids(input_tokens, input_segment_ids))
+
+
+def _segment_ids(tokens: Array, segment_ids: Array | None) -> Array:
+    """0 at padding (token 0), else the packed segment's id (1 when unpacked)."""
+    ids = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids
+    return jnp.where(tokens > 0, ids.astype(jnp.int32), 0)

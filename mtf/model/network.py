@@ -31,7 +31,7 @@ def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
     return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                               dtype=cfg.activation_dtype, dropout_rate=cfg.dropout_rate,
                               float32_logits=cfg.float32_attention_logits, lora=cfg.lora,
-                              name=name)
+                              kernel=cfg.attention_kernel, name=name)
 
 
 def _mlp(cfg: T5Config) -> MlpBlock:
@@ -126,7 +126,10 @@ class Encoder(nn.Module):
                                       cfg.relative_attention_max_distance, cfg.num_heads,
                                       dtype=cfg.activation_dtype, name="relpos_bias")(
                                           length, length, True)
-        mask = masks.encoder_mask(tokens, segment_ids)
+        if cfg.attention_kernel == "flash":
+            mask = masks.encoder_segments(tokens, segment_ids)
+        else:
+            mask = masks.encoder_mask(tokens, segment_ids)
         x = self.shared_embedding(tokens)
         x = _dropout(cfg, x, deterministic).astype(cfg.activation_dtype)
         x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x,
@@ -213,6 +216,10 @@ class Transformer(nn.Module):
             self_mask = None  # the cache supplies causality
             cross = masks.make_attention_mask(jnp.ones_like(decoder_target_tokens) > 0,
                                               encoder_input_tokens > 0)
+        elif self.config.attention_kernel == "flash":
+            self_mask = masks.decoder_segments(decoder_target_tokens, decoder_segment_ids)
+            cross = masks.cross_segments(decoder_target_tokens, encoder_input_tokens,
+                                         decoder_segment_ids, encoder_segment_ids)
         else:
             self_mask = masks.decoder_mask(decoder_target_tokens, decoder_segment_ids)
             cross = masks.cross_mask(decoder_target_tokens, encoder_input_tokens,
