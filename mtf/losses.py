@@ -14,11 +14,15 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from mtf.errors import SettingError
 
 Array = jax.Array
 TOKENS = "NUM_REAL_TARGET_TOKENS"
+# How the fused projection + cross-entropy runs: XLA ops over LOSS_CHUNKS pieces (any
+# platform), or mtf.loss_kernel's Pallas TPU kernels (no logits in HBM).
+LOSS_KERNELS = ("xla", "pallas")
 PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
 
 
@@ -115,6 +119,7 @@ class ChunkedLoss:
     scale: float = 1.0
     unroll: bool = False  # unrolled chunk loop: XLA's cost analysis then counts every chunk
     kernel_grad: bool = True  # False: the output kernel is frozen (LoRA), skip its gradient
+    kernel: str = "xla"  # one of LOSS_KERNELS
 
 
 def _smoothing(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
@@ -158,6 +163,8 @@ def _join(x: Array, length: int) -> Array:
 
 
 def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads):
+    if settings.kernel == "pallas":
+        return _pallas_forward(hidden, kernel, targets, token_weights, settings, with_grads)
     length = hidden.shape[1]
     chunks = max(1, min(settings.chunks, length))
     xs = (_split(hidden, chunks), _split(targets, chunks), _split(token_weights, chunks))
@@ -192,6 +199,60 @@ def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads)
     if d_kernel is not None:
         d_kernel = d_kernel.astype(kernel.dtype)
     return (numerator, per_token, z), (d_kernel, _join(outs[2], length), per_token)
+
+
+def _pallas_forward(hidden, kernel, targets, token_weights, settings, with_grads):
+    """`_fused_forward` by `loss_kernel.projected_cross_entropy`, per device under a mesh
+    (a Pallas call is not partitioned by XLA): tokens stay where they are, the kernel is
+    whole on each device, the numerator and the kernel's gradient are summed over them."""
+    from mtf import loss_kernel
+
+    b, length, emb = hidden.shape
+
+    def run(h, w, t, tw):
+        out = loss_kernel.projected_cross_entropy(
+            h.reshape(-1, emb), w, t.reshape(-1), tw.reshape(-1), z_loss=settings.z_loss,
+            label_smoothing=settings.label_smoothing, scale=settings.scale,
+            compute_dtype=settings.compute_dtype, kernel_grad=settings.kernel_grad,
+            with_grads=with_grads)
+        (numerator, per_token, z), grads = (out, None) if not with_grads else out
+        if axes:
+            numerator = jax.lax.psum(numerator, axes)
+        rows = (h.shape[0], length)
+        values = (numerator, per_token.reshape(rows), z.reshape(rows))
+        if not with_grads:
+            return values
+        d_kernel, d_hidden, _ = grads
+        if axes and d_kernel is not None:
+            d_kernel = jax.lax.psum(d_kernel, axes)
+        return values, (d_kernel, d_hidden.reshape(h.shape), per_token.reshape(rows))
+
+    mesh = jax.sharding.get_abstract_mesh()
+    axes: tuple[str, ...] = ()
+    if not mesh.empty:
+        batch_axes = nn.logical_to_mesh_axes(("batch",))[0]
+        axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+        axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        vocab_axes = nn.logical_to_mesh_axes(("vocab",))[0]
+        vocab_axes = (vocab_axes,) if isinstance(vocab_axes, str) else tuple(vocab_axes or ())
+        if any(mesh.shape[a] > 1 for a in vocab_axes):
+            raise SettingError(
+                f"LOSS_KERNEL='pallas' keeps the whole output kernel on each device; the mesh "
+                f"shards the vocabulary over {vocab_axes}: set MESH_SHAPE's model axis to 1 or "
+                "LOSS_KERNEL='xla'")
+        shards = math.prod(mesh.shape[a] for a in axes)
+        if b % shards:
+            raise SettingError(
+                f"LOSS_KERNEL='pallas' runs per device: the (micro)batch of {b} rows does not "
+                f"split over the {shards} devices of mesh axes {axes}; use a batch per "
+                "microbatch that is a multiple of it (BATCH_SIZE / NUM_MICROBATCHES)")
+        rows = PartitionSpec(axes or None)
+        values = (PartitionSpec(), rows, rows)
+        out_specs = values if not with_grads else (
+            values, (None if not settings.kernel_grad else PartitionSpec(), rows, rows))
+        run = jax.shard_map(run, in_specs=(rows, PartitionSpec(), rows, rows),
+                            out_specs=out_specs, check_vma=False)
+    return run(hidden, kernel, targets, token_weights)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

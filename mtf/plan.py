@@ -127,12 +127,71 @@ def _out_of_memory(error: Exception) -> dict[str, Any] | None:
 
 
 def _cost(compiled: Any) -> dict[str, float]:
+    """XLA's FLOPs and bytes, plus mtf's count of the Pallas kernels XLA cannot see into
+    (also reported apart, as kernel_flops / kernel_bytes)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
-    return {"flops": float(analysis.get("flops", 0.0)),
-            "bytes": float(analysis.get("bytes accessed", 0.0))}
+    kernels = kernel_costs(compiled.as_text() or "")
+    return {"flops": float(analysis.get("flops", 0.0)) + kernels["flops"],
+            "bytes": float(analysis.get("bytes accessed", 0.0)) + kernels["bytes"],
+            "kernel_flops": kernels["flops"], "kernel_bytes": kernels["bytes"],
+            "uncounted_kernels": kernels["uncounted"]}
+
+
+_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
+_ESTIMATE = re.compile(r'\\?"(flops|bytes_accessed)\\?":\\?"(\d+)')
+
+
+def _shapes(text: str) -> list[tuple[int, tuple[int, ...]]]:
+    """(itemsize, dims) of each array shape written in HLO `text`."""
+    out = []
+    for dtype, dims in _SHAPE.findall(text):
+        size = 1 if dtype == "pred" else max(1, int(re.sub(r"\D", "", dtype) or 16) // 8)
+        out.append((size, tuple(int(d) for d in dims.split(",") if d)))
+    return out
+
+
+def _braced(text: str, start: int) -> str:
+    """The {...} group opening at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + 1:i]
+    return text[start + 1:]
+
+
+def kernel_costs(hlo: str) -> dict[str, Any]:
+    """What XLA's cost analysis leaves out of a compiled program's Pallas TPU calls: the
+    flash-attention kernels modelled by `mtf.model.flash.kernel_cost` (less the estimate
+    XLA did count), and the names of any other kernel without a cost estimate."""
+    from mtf.model import flash
+
+    flops = moved = 0.0
+    uncounted = []
+    for line in hlo.splitlines():
+        if 'custom_call_target="tpu_custom_call"' not in line:
+            continue
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        op_name = op_name.group(1) if op_name else line.split("=")[0].strip()
+        kernel = next((k for k in flash.KERNELS if k in op_name), None)
+        estimate = dict(_ESTIMATE.findall(line))
+        if kernel is None:
+            if not estimate:
+                uncounted.append(op_name)
+            continue
+        head, operands = line.split(" custom-call(", 1)
+        constraints = operands.find("operand_layout_constraints={")
+        if constraints < 0:
+            uncounted.append(op_name)
+            continue
+        operand_shapes = _shapes(_braced(operands, operands.index("{", constraints)))
+        cost = flash.kernel_cost(kernel, operand_shapes, _shapes(head.split(" = ", 1)[1]))
+        flops += cost["flops"] - float(estimate.get("flops", 0))
+        moved += cost["bytes"] - float(estimate.get("bytes_accessed", 0))
+    return {"flops": flops, "bytes": moved, "uncounted": uncounted}
 
 
 def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, int],
@@ -175,14 +234,18 @@ def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
         base, enc, dec = (_depth_probe_costs(arguments, mesh, d, optimizer_only)
                           for d in ((1, 1), (2, 1), (1, 2)))
         return {key: base[key] + (depth[0] - 1) * (enc[key] - base[key])
-                + (depth[1] - 1) * (dec[key] - base[key]) for key in base}
+                + (depth[1] - 1) * (dec[key] - base[key])
+                for key in base if key != "uncounted_kernels"} | {
+                    "uncounted_kernels": sorted(set(base["uncounted_kernels"]))}
 
     step_cost = extended(False)
     k = arguments["num_microbatches"]
     if k == 1:
         return step_cost
     update_cost = extended(True)
-    return {key: k * step_cost[key] - (k - 1) * update_cost[key] for key in step_cost}
+    return {key: k * step_cost[key] - (k - 1) * update_cost[key]
+            for key in step_cost if key != "uncounted_kernels"} | {
+                "uncounted_kernels": step_cost["uncounted_kernels"]}
 
 
 def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: float,
@@ -278,6 +341,9 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
                       memory_s=memory_s, step_s=step_s,
                       bound="memory" if memory_s > compute_s else "compute",
                       mfu_ceiling=analytic / chip.peak_bf16_flops / step_s,
+                      kernel_flops_per_device=counted["kernel_flops"],
+                      kernel_bytes_per_device=counted["kernel_bytes"],
+                      uncounted_kernels=counted["uncounted_kernels"],
                       cost_from="loop-free compiles of one microbatch at depths 1-2, "
                                 "extended to the full depth, x microbatches")
     if not report["fits"]:
@@ -321,6 +387,14 @@ def format_report(r: dict[str, Any]) -> str:
         lines += [
             f"  XLA counted ({r['cost_from']}): {r['xla_flops_per_device'] / 1e12:.2f} TFLOP, "
             f"{r['xla_bytes_per_device'] / 1e9:.1f} GB of HBM traffic per device",
+        ] + ([
+            f"    including what XLA cannot see inside the flash-attention kernels, from "
+            f"their tiling (mtf.model.flash.kernel_cost): "
+            f"+{r['kernel_flops_per_device'] / 1e12:.2f} TFLOP, "
+            f"+{r['kernel_bytes_per_device'] / 1e9:.1f} GB"]
+            if r.get("kernel_bytes_per_device") else []) + ([
+            f"    NOT counted: Pallas kernels without a cost estimate: "
+            f"{', '.join(r['uncounted_kernels'])}"] if r.get("uncounted_kernels") else []) + [
             f"  roofline: {r['compute_s']:.3f} s of arithmetic, {r['memory_s']:.3f} s of "
             f"memory traffic -> {r['step_s']:.3f} s/step ({r['bound']}-bound), MFU ceiling "
             f"{100 * r['mfu_ceiling']:.1f}%"]

@@ -46,11 +46,15 @@ class LossConfig:
     label_smoothing: float = 0.0
     chunks: int = 1
     unroll_chunks: bool = False  # for `mtf.plan`'s cost compile: XLA counts a loop body once
+    kernel: str = "xla"  # LOSS_KERNEL: one of losses.LOSS_KERNELS
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunks, int) or self.chunks < 1:
             raise SettingError(f"LOSS_CHUNKS={self.chunks!r} must be a positive integer (1: the "
                                "whole target length at once)")
+        if self.kernel not in losses.LOSS_KERNELS:
+            raise SettingError(f"LOSS_KERNEL={self.kernel!r}: use one of {losses.LOSS_KERNELS}"
+                               " ('pallas' runs on TPU only)")
 
 
 def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
@@ -74,7 +78,8 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
         losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
-                           loss.unroll_chunks, kernel_grad=frozen is None))
+                           loss.unroll_chunks, kernel_grad=frozen is None,
+                           kernel=loss.kernel))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}
     return numerator, (stats, per_token * weights)

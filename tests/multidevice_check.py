@@ -31,7 +31,7 @@ dec[:, 1:] = tgt[:, :-1]
 BATCH = {"encoder_input_tokens": rng.integers(2, 64, (8, 10)).astype(np.int32),
          "decoder_input_tokens": dec, "decoder_target_tokens": tgt}
 optimizer = make_optimizer("adafactor")
-CHUNKED = sys.argv[1:] == ["chunked"]
+CHUNKED = sys.argv[1:] in (["chunked"], ["pallas"])
 loss_config = LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE",
                          label_smoothing=0.1 if CHUNKED else 0.0, chunks=4 if CHUNKED else 1)
 
@@ -87,6 +87,39 @@ if sys.argv[1:] == ["lora"]:
             assert query["lora_a"].sharding.spec == P(None, "fsdp")
             assert query["lora_b"].sharding.spec == P(None, "model")
     print("lora ok")
+    sys.exit(0)
+
+if sys.argv[1:] == ["pallas"]:
+    # LOSS_KERNEL='pallas' (TPU interpret mode, small tiles so several run) per device under
+    # shard_map equals the XLA chunked loss on one device; a vocabulary-sharded mesh is refused
+    import dataclasses
+
+    from jax.experimental.pallas import tpu as pltpu
+
+    from mtf import loss_kernel
+    from mtf.errors import SettingError
+
+    loss_kernel.ROW_TILES, loss_kernel.COLUMN_TILES = (16, 128), (8, 256)
+    CONFIG = CONFIG.replace(vocab_size=300)
+    reference_loss, reference_grads, _ = run((1, 1, 1), 1)
+    loss_config = dataclasses.replace(loss_config, kernel="pallas")
+    with pltpu.force_tpu_interpret_mode(), jax.default_matmul_precision("float32"):
+        for shape, k in [((8, 1, 1), 1), ((2, 4, 1), 1)]:
+            loss, grads, _ = run(shape, k)
+            assert abs(loss - reference_loss) <= 1e-6 * abs(reference_loss), (shape, loss)
+            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads),
+                            strict=True):
+                np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * float(np.abs(b).max()))
+            print("pallas", shape, k, "loss", loss, "xla", reference_loss)
+        for shape, k, message in [((4, 1, 2), 1, "MESH_SHAPE's model axis to 1"),
+                                  ((8, 1, 1), 2, "batch of 4 rows does not split over the 8")]:
+            try:
+                run(shape, k)
+            except SettingError as e:
+                assert message in str(e), e
+            else:
+                raise AssertionError(f"{shape} x {k} microbatches was not refused")
+    print("ok")
     sys.exit(0)
 
 if CHUNKED:

@@ -123,3 +123,47 @@ def test_chunked_loss_on_eight_devices():
     done = subprocess.run([sys.executable, str(script), "chunked"], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("mode,packed,microbatches", [
+    (losses.TOKENS, True, 2), (losses.PER_SEQUENCE, False, 1), (1000.0, True, 2)])
+def test_the_pallas_loss_kernel_equals_plain(monkeypatch, mode, packed, microbatches):
+    """LOSS_KERNEL='pallas' in TPU interpret mode, with small tiles so that several token
+    and vocabulary tiles (the last one partly past the vocabulary) run."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    from mtf import loss_kernel
+
+    monkeypatch.setattr(loss_kernel, "ROW_TILES", (16, 128))
+    monkeypatch.setattr(loss_kernel, "COLUMN_TILES", (8, 256))
+    config = CONFIG.replace(vocab_size=300)
+    params = init_params(config, jax.random.key(1))
+    batch = make_batch(packed)
+    model = Transformer(config)
+    loss = LossConfig(normalizing_factor=mode, z_loss=1e-3, label_smoothing=0.1,
+                      kernel="pallas")
+    with pltpu.force_tpu_interpret_mode(), jax.default_matmul_precision("float32"):
+        got = jax.jit(lambda p, b: gradients(p, b, None, model, loss, microbatches))(params,
+                                                                                   batch)
+    monkeypatch.setattr(step, "loss_terms", reference_loss_terms)
+    want = jax.jit(lambda p, b: gradients(p, b, None, model, loss, microbatches))(params, batch)
+    assert_same(got, want, rtol=2e-6)  # float32 rounding: an online log-sum-exp over tiles
+    with pytest.raises(ValueError, match="LOSS_KERNEL='triton'.*'xla', 'pallas'"):
+        LossConfig(kernel="triton")
+
+
+def test_the_pallas_loss_kernel_on_eight_devices():
+    script = Path(__file__).with_name("multidevice_check.py")
+    done = subprocess.run([sys.executable, str(script), "pallas"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (
+        done.stdout + done.stderr[-4000:])
+
+
+def test_the_pallas_loss_feeds_the_mxu_what_xla_default_precision_would():
+    from mtf import loss_kernel
+
+    assert loss_kernel.operand_dtype("float32") == jnp.bfloat16
+    assert loss_kernel.operand_dtype("bfloat16") == jnp.bfloat16
+    with jax.default_matmul_precision("float32"):
+        assert loss_kernel.operand_dtype("float32") == jnp.float32

@@ -15,7 +15,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from mtf.errors import SettingError
-from mtf.model import masks
+from mtf.model import flash, layers, masks
 from mtf.model.config import T5Config
 from mtf.model.network import Transformer
 from mtf.model.params import init_params
@@ -104,3 +104,37 @@ def test_flash_attention_runs_its_kernel_per_device_on_a_mesh():
                             timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
         result.stdout[-2000:] + result.stderr[-4000:])
+
+
+@pytest.mark.parametrize("q_len,kv_len,causal", [(512, 512, True), (256, 512, False)])
+def test_flash_attention_with_large_tiles_matches_dot_product_attention(q_len, kv_len, causal):
+    """Lengths past one block, so the kernels run the 512/1024 tiles `block_sizes` picks."""
+    keys = jax.random.split(jax.random.key(1), 6)
+    b, h, d = 2, 2, 64
+    query = jax.random.normal(keys[0], (b, q_len, h, d))
+    key = jax.random.normal(keys[1], (b, kv_len, h, d))
+    value = jax.random.normal(keys[2], (b, kv_len, h, d))
+    bias = jax.random.normal(keys[3], (1, h, q_len, kv_len)) if causal else None
+    q_ids = jnp.where(jnp.arange(q_len) < q_len - 40, 1, 0)[None].repeat(b, 0)
+    kv_ids = jnp.where(jnp.arange(kv_len) < kv_len - 70, 1, 0)[None].repeat(b, 0)
+    mask = masks.SegmentMask(q_ids, q_ids if causal else kv_ids, causal=causal)
+    assert flash.block_sizes(q_len, kv_len).block_k_major_dkv == 512
+
+    def reference(query, key, value, bias):
+        bias_sum = jnp.where(mask.dense(), 0.0, layers.NEG_INF)
+        bias_sum = bias_sum if bias is None else bias_sum + bias
+        out = layers.dot_product_attention(query, key, value, bias_sum, keys[4], 0.25,
+                                           jnp.float32, False)
+        return jnp.sum(jnp.where(q_ids[:, :, None, None] > 0, out, 0.0) ** 2)
+
+    def kernel(query, key, value, bias):
+        out = flash.attention(query, key, value, bias, mask, keys[4], 0.25, jnp.float32)
+        return jnp.sum(jnp.where(q_ids[:, :, None, None] > 0, out, 0.0) ** 2)
+
+    argnums = (0, 1, 2, 3) if causal else (0, 1, 2)
+    want = jax.value_and_grad(reference, argnums)(query, key, value, bias)
+    with pltpu.force_tpu_interpret_mode():
+        got = jax.jit(jax.value_and_grad(kernel, argnums))(query, key, value, bias)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()))
