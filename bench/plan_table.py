@@ -6,9 +6,10 @@
 mt0-xxl on v4-64): fits or not, peak memory, step time and MFU ceiling.
 `before_after`: mt0_small on v4-64 and mt0_xxl on v4-256, first with the published
 settings as mtf ran them before the memory work (whole logits, no remat, unscanned, one
-microbatch), then each change in turn, to show what each did to temporaries, HBM traffic
-and the MFU ceiling. Every row is one `python -m mtf.plan` run (minutes each on 2 CPUs);
-`--only mt0-xxl` makes just the rows whose label contains that text.
+microbatch, XLA attention and loss), then each change in turn, to show what each did to
+temporaries, HBM traffic and the MFU ceiling. Every row is one `python -m mtf.plan` run
+(minutes each on 2 CPUs); `--only mt0-xxl` makes just the rows whose label contains that
+text.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
+XLA_KERNELS = ["--gin.LOSS_KERNEL='xla'", "--gin.ATTENTION_KERNEL='xla'"]
 BEFORE = ["--gin.LOSS_CHUNKS=1", "--gin.REMAT_POLICY='none'", "--gin.SCAN_LAYERS=False",
-          "--gin.NUM_MICROBATCHES=1"]
+          "--gin.NUM_MICROBATCHES=1"] + XLA_KERNELS
 TENSOR_PARALLEL = ["--gin.MESH_SHAPE=(1, -1, 8)"]  # mt0_xxl.gin's mesh before FSDP-only
 SIZES = [
     ("mt0-small", "gin/mt0_small.gin", "v4-64", []),
@@ -35,7 +37,10 @@ SIZES = [
 ]
 BEFORE_AFTER = [
     ("mt0-small, before", "gin/mt0_small.gin", "v4-64", BEFORE),
-    ("mt0-small, + chunked loss (gin default)", "gin/mt0_small.gin", "v4-64", []),
+    ("mt0-small, + chunked loss", "gin/mt0_small.gin", "v4-64", XLA_KERNELS),
+    ("mt0-small, + flash attention", "gin/mt0_small.gin", "v4-64", XLA_KERNELS[:1]),
+    ("mt0-small, + fused loss kernel alone", "gin/mt0_small.gin", "v4-64", XLA_KERNELS[1:]),
+    ("mt0-small, + both TPU kernels (gin default)", "gin/mt0_small.gin", "v4-64", []),
     ("mt0-xxl, before", "gin/mt0_xxl.gin", "v4-256", BEFORE + TENSOR_PARALLEL),
     ("mt0-xxl, + chunked loss", "gin/mt0_xxl.gin", "v4-256", BEFORE[1:] + TENSOR_PARALLEL),
     ("mt0-xxl, + scanned layers, full remat", "gin/mt0_xxl.gin", "v4-256", TENSOR_PARALLEL),
@@ -74,8 +79,12 @@ def row(label: str, topology: str, r: dict) -> str:
     spare = f"{100 * r['headroom']:.0f}%" if r.get("headroom") is not None else "-"
     fits = "yes" if r["fits"] else "**no**"
     mesh = "x".join(str(v) for v in r["mesh"].values())
-    setting = (f"mesh {mesh}, k={r['microbatches']}, remat {r['remat']}, "
-               f"{'scan' if r['scan_layers'] else 'unscanned'}, chunks {r['loss_chunks']}")
+    kernels = [f"{name} {r[key]}" for name, key in (("attention", "attention_kernel"),
+                                                    ("loss", "loss_kernel"))
+               if r.get(key, "xla") != "xla"]
+    setting = ", ".join([f"mesh {mesh}, k={r['microbatches']}, remat {r['remat']}",
+                         "scan" if r["scan_layers"] else "unscanned",
+                         f"chunks {r['loss_chunks']}"] + kernels)
     return (f"| {label} | {topology} | {setting} | {fits} | {gib(r.get('temp_bytes'))} | "
             f"{gib(r['peak_bytes'])} | {spare} | {r['xla_flops_per_device'] / 1e12:.1f} | "
             f"{r['xla_bytes_per_device'] / 1e9:.0f} | {r['step_s']:.3f} | "

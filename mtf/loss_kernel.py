@@ -37,6 +37,23 @@ def _tile(n: int, cap: int, quantum: int) -> int:
     return min(cap, -(-n // quantum) * quantum)
 
 
+VMEM_BUDGET = 12 * 2**20  # of v4's 16 MiB: double-buffered operands + float32 temporaries
+
+
+def _fit(rows: int, columns: int, emb: int, itemsize: int) -> tuple[int, int]:
+    """Halves the longer side until the tile's VMEM use fits VMEM_BUDGET: two buffers of
+    each operand tile, a float32 accumulator and ~3 float32 [rows, columns] temporaries."""
+    def use(r, c):
+        return 2 * (r + c) * emb * itemsize + r * emb * 4 + 3 * r * c * 4
+
+    while use(rows, columns) > VMEM_BUDGET and max(rows, columns) > 128:
+        if rows >= columns:
+            rows //= 2
+        else:
+            columns //= 2
+    return rows, columns
+
+
 def operand_dtype(compute_dtype: str) -> jnp.dtype:
     """The MXU operands: float32 projections get bfloat16 operands (float32 accumulation),
     which is what XLA's default matmul precision does with them on TPU, unless JAX's
@@ -141,8 +158,10 @@ def projected_cross_entropy(hidden: Array, kernel: Array, targets: Array,
     n, emb = hidden.shape
     vocab = kernel.shape[1]
     cdt = operand_dtype(compute_dtype)
-    tn, tv = _tile(n, ROW_TILES[0], 8), _tile(vocab, ROW_TILES[1], 128)
-    tn_c, tv_c = _tile(n, COLUMN_TILES[0], 8), _tile(vocab, COLUMN_TILES[1], 128)
+    tn, tv = _fit(_tile(n, ROW_TILES[0], 8), _tile(vocab, ROW_TILES[1], 128), emb,
+                  cdt.itemsize)
+    tn_c, tv_c = _fit(_tile(n, COLUMN_TILES[0], 8), _tile(vocab, COLUMN_TILES[1], 128), emb,
+                      cdt.itemsize)
     n_pad, v_pad = -n % max(tn, tn_c), -vocab % max(tv, tv_c)
     h = jnp.pad(hidden.astype(cdt), ((0, n_pad), (0, 0)))
     w = jnp.pad(kernel.astype(cdt), ((0, 0), (0, v_pad)))

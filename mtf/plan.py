@@ -261,7 +261,7 @@ def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: 
     if model.remat_policy in ("none", "dots"):
         tips.append("recompute activations in the backward pass: "
                     "--gin.REMAT_POLICY=dots_with_no_batch_dims (or 'full', the least memory)")
-    if loss.chunks == 1 and model.vocab_size >= 32768:
+    if loss.chunks == 1 and loss.kernel == "xla" and model.vocab_size >= 32768:
         tips.append("project the vocabulary in pieces: --gin.LOSS_CHUNKS=8 (or more)")
     if batch % (2 * k * batch_shards) == 0:
         tips.append(f"split the batch: --gin.NUM_MICROBATCHES={2 * k} (same result, exact; "
@@ -297,6 +297,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
         "lengths": {k: lengths[k] for k in ("inputs", "targets")},
         "microbatches": arguments["num_microbatches"], "remat": model.remat_policy,
         "scan_layers": model.scan_layers, "loss_chunks": arguments["loss"].chunks,
+        "attention_kernel": model.attention_kernel, "loss_kernel": arguments["loss"].kernel,
         "dtype": model.dtype, "hbm_bytes": chip.hbm_bytes,
         "params_bytes": _bytes_per_device(program.abstract_state.params,
                                           program.shardings.params),
@@ -363,7 +364,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"plan: {r['topology']} ({r['devices']} x {r['chip']}), compiled by {r['compiled_by']}",
         f"  mesh {r['mesh']}, batch {r['batch']} x {r['lengths']}, microbatches "
         f"{r['microbatches']}, remat {r['remat']}, scan_layers {r['scan_layers']}, loss chunks "
-        f"{r['loss_chunks']}, activations {r['dtype']}",
+        f"{r['loss_chunks']}, activations {r['dtype']}, attention {r['attention_kernel']}, "
+        f"loss {r['loss_kernel']}",
         "  per device:",
         f"    parameters       {gib(r['params_bytes'])}",
         f"    optimizer state  {gib(r['opt_state_bytes'])}",

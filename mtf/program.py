@@ -71,6 +71,20 @@ class TrainProgram:
         return self.lower(rng).compile()
 
 
+def check_kernels_run_on(mesh: Mesh, model_config: T5Config, loss: step.LossConfig) -> None:
+    """The Pallas TPU kernels (flash attention, the fused loss) compile for TPUs only: say
+    so before tracing, not with a lowering error from inside Pallas."""
+    platform = mesh.devices.flat[0].platform
+    chosen = ([f"ATTENTION_KERNEL = '{model_config.attention_kernel}'"]
+              if model_config.attention_kernel != "xla" else []) + (
+        [f"LOSS_KERNEL = '{loss.kernel}'"] if loss.kernel != "xla" else [])
+    if chosen and platform != "tpu":
+        raise SettingError(
+            f"{' and '.join(chosen)} run on TPU only; these devices are {platform}: set "
+            f"{' and '.join(c.split(' = ')[0] + ' = ' + repr('xla') for c in chosen)} "
+            "(the gin files for TPU slices, e.g. gin/mt0_small.gin, set the TPU kernels)")
+
+
 def train_program(model_config: T5Config, optimizer: optax.GradientTransformation,
                   mesh: Mesh, batch_size: int, lengths: Mapping[str, int], pack: bool,
                   loss: step.LossConfig, num_microbatches: int = 1,
@@ -80,6 +94,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
     if dropout_rng not in DROPOUT_RNGS:
         raise SettingError(f"DROPOUT_RNG={dropout_rng!r}: use one of {DROPOUT_RNGS} ('rbg': "
                            "the hardware generator, much cheaper for large dropout masks)")
+    check_kernels_run_on(mesh, model_config, loss)
     abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
     batch_spec = partitioning.batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -98,6 +113,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
 def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,
                  loss: step.LossConfig, num_microbatches: int = 1) -> Any:
     """`step.eval_metrics` jitted with the train step's parameter and batch shardings."""
+    check_kernels_run_on(mesh, model_config, loss)
     fn = functools.partial(step.eval_metrics, config=model_config, loss=loss,
                            num_microbatches=num_microbatches)
     jitted = jax.jit(fn, in_shardings=(params_sharding, partitioning.batch_sharding(mesh)))

@@ -20,8 +20,8 @@ from mtf.model.config import T5Config
 from mtf.model.network import Transformer
 from mtf.model.params import init_params
 
-CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=2, num_encoder_layers=2,
-               num_decoder_layers=2, head_dim=16, mlp_dim=48, dropout_rate=0.1)
+CFG = T5Config(vocab_size=64, emb_dim=32, num_heads=2, num_encoder_layers=1,
+               num_decoder_layers=1, head_dim=16, mlp_dim=48, dropout_rate=0.1)
 LENGTH = 128  # the kernel's block
 
 
@@ -138,3 +138,21 @@ def test_flash_attention_with_large_tiles_matches_dot_product_attention(q_len, k
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     for g, w in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()))
+
+
+def test_tpu_kernels_are_refused_on_other_devices_and_scoring_never_uses_them():
+    from mtf import partitioning, program, score
+    from mtf.step import LossConfig
+
+    mesh = partitioning.make_mesh((1, 1, 1), jax.devices()[:1])
+    flash_config = CFG.replace(attention_kernel="flash")
+    with pytest.raises(SettingError, match=r"ATTENTION_KERNEL = 'flash' and LOSS_KERNEL = "
+                                           r"'pallas' run on TPU only; these devices are cpu"):
+        program.check_kernels_run_on(mesh, flash_config, LossConfig(kernel="pallas"))
+    program.check_kernels_run_on(mesh, CFG, LossConfig())
+    # a checkpoint trained with the flash kernel scores prompts of any length on the CPU
+    params = init_params(CFG, jax.random.key(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(2, 64, (2, 10)), jnp.int32)
+    rows = (params, tokens, jnp.array([0, 1]), tokens[:, :5])
+    np.testing.assert_array_equal(score.score_rows(*rows, config=flash_config)[0],
+                                  score.score_rows(*rows, config=CFG)[0])

@@ -81,7 +81,8 @@ def test_mt0_small_on_v4_8_does_not_fit_and_says_what_to_change(tmp_path):
     """Batch 512 of 1024 + 1024 tokens on 4 chips: the TPU compiler refuses; exit 1 with
     advice, not a traceback."""
     done, report = plan(tmp_path, "--gin_file=gin/mt0_small.gin", "--topology=v4-8",
-                        "--no_cost", "--gin.NUM_MICROBATCHES=1", "--gin.LOSS_CHUNKS=1")
+                        "--no_cost", "--gin.NUM_MICROBATCHES=1", "--gin.LOSS_CHUNKS=1",
+                        "--gin.LOSS_KERNEL='xla'")
     assert done.returncode == 1, done.stderr[-3000:]
     assert report["compiled_by"].startswith("the TPU compiler") and not report["fits"]
     assert report["peak_bytes"] > report["hbm_bytes"]
@@ -160,3 +161,51 @@ def test_the_mt0_xxl_lora_recipe_fits_one_v4_8_host(tmp_path):
     assert report["opt_state_bytes"] == pytest.approx(2 * report["params_bytes"], rel=0.01)
     assert "frozen base" in done.stdout
     check_memory_figures(report)
+
+
+def test_the_plan_counts_what_xla_cannot_see_inside_pallas_kernels(tmp_path):
+    """XLA's cost analysis counts a Pallas call without a cost estimate as nothing (the
+    flash-attention backward kernels); the plan adds mtf's model of the flash kernels and
+    names any other such kernel."""
+    code = """
+import json
+from mtf import hardware, plan
+slice_ = hardware.parse_slice("v4-8")
+how = plan._environment(slice_)
+import jax, jax.numpy as jnp, numpy as np
+from jax.experimental import pallas as pl
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from mtf.model import flash, masks
+mesh = Mesh(np.array(plan._devices(slice_, how)[:1]), ("d",))
+b, L, h, d = 2, 256, 2, 64
+def loss(q, k, v, bias):
+    ids = jnp.ones((b, L), jnp.int32)
+    out = flash.attention(q, k, v, bias, masks.SegmentMask(ids, ids), None, 0.0, jnp.bfloat16)
+    return jnp.sum(out.astype(jnp.float32) ** 2)
+spec = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype,
+                                                               sharding=NamedSharding(mesh, P()))
+qkv = spec((b, L, h, d))
+compiled = jax.jit(jax.grad(loss, (0, 1, 2, 3))).lower(qkv, qkv, qkv, spec((1, h, L, L))).compile()
+def copy(x_ref, o_ref):
+    o_ref[...] = x_ref[...]
+bare = pl.pallas_call(copy, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32))
+bare_compiled = jax.jit(bare).lower(spec((8, 128), jnp.float32)).compile()
+print(json.dumps({"flash": plan.kernel_costs(compiled.as_text()),
+                  "cost": plan._cost(compiled),
+                  "bare": plan.kernel_costs(bare_compiled.as_text()),
+                  "bare_xla": plan._cost(bare_compiled)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    costs = json.loads(done.stdout.strip().splitlines()[-1])
+    unit = 2.0 * 2 * 2 * 256 * 256 * 64  # one [q, k] x d product over batch 2, heads 2
+    # forward 2 units (XLA counted its estimate), dk/dv 4 and dq 3 units (XLA counted 0)
+    assert costs["flash"]["flops"] == pytest.approx(7 * unit, rel=0.01)
+    assert costs["flash"]["uncounted"] == []
+    bias = 2 * 2 * 256 * 256 * 2  # the bias broadcast to the batch, read by all three kernels
+    assert costs["flash"]["bytes"] > 2 * bias
+    assert costs["cost"]["flops"] >= 9 * unit and costs["cost"]["kernel_bytes"] > 0
+    assert costs["bare_xla"]["bytes"] == 0  # the trap itself: XLA saw nothing
+    assert len(costs["bare"]["uncounted"]) == 1 and costs["bare"]["bytes"] == 0
