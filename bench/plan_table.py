@@ -84,7 +84,8 @@ def row(label: str, topology: str, r: dict) -> str:
                if r.get(key, "xla") != "xla"]
     setting = ", ".join([f"mesh {mesh}, k={r['microbatches']}, remat {r['remat']}",
                          "scan" if r["scan_layers"] else "unscanned",
-                         f"chunks {r['loss_chunks']}"] + kernels)
+                         *([] if r.get("loss_kernel", "xla") != "xla"
+                           else [f"chunks {r['loss_chunks']}"])] + kernels)
     return (f"| {label} | {topology} | {setting} | {fits} | {gib(r.get('temp_bytes'))} | "
             f"{gib(r['peak_bytes'])} | {spare} | {r['xla_flops_per_device'] / 1e12:.1f} | "
             f"{r['xla_bytes_per_device'] / 1e9:.0f} | {r['step_s']:.3f} | "
