@@ -252,10 +252,7 @@ def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
 def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
                  config: T5Config, decode: DecodeConfig) -> tuple[jax.Array, ...]:
     """(tokens [b, n, L], scores [b, n], log-likelihoods [b, n]) for one batch of inputs."""
-    # attention_kernel: the TPU flash kernel is a training-step choice; scoring and decoding
-    # take any length on any platform
-    model = Transformer(config.replace(dropout_rate=0.0, remat_policy="none",
-                                       attention_kernel="xla"))
+    model = Transformer(config.for_inference)
     batch, input_length = encoder_tokens.shape
     rows = decode.outputs_per_input
     encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False,

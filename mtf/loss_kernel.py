@@ -9,13 +9,15 @@ Here three kernels each recompute the logits from the hidden states and the kern
   d_hidden: d_logits (softmax gradient with z-loss and label smoothing) x kernel^T;
   d_kernel: hidden^T x d_logits, its grid ordered vocabulary-major.
 Written by hand because no maintained JAX library has a fused linear cross-entropy for TPU
-(Liger's and Apple's cut-cross-entropy are Triton/GPU). Same formulas as
-`losses._log_normaliser_and_loss`; exact in float32 (tests run it in TPU interpret mode).
+(Liger's and Apple's cut-cross-entropy are Triton/GPU). The loss itself is formed from
+these statistics by `losses` (its one formula); exact in float32 (tests run it in TPU
+interpret mode).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -146,88 +148,96 @@ def _cost(tokens: int, emb: int, vocab: int, matmuls: int, bytes_moved: float
                            transcendentals=tokens * vocab, bytes_accessed=int(bytes_moved))
 
 
-def projected_cross_entropy(hidden: Array, kernel: Array, targets: Array,
-                            token_weights: Array, *, z_loss: float, label_smoothing: float,
-                            scale: float, compute_dtype: str, kernel_grad: bool,
-                            with_grads: bool):
-    """`losses._fused_forward` for flat tokens: hidden [N, E], kernel [E, V], targets and
-    token_weights [N]. Returns (numerator, per_token, z) and, with_grads, also
-    (d_kernel float32 or None, d_hidden [N, E], per_token)."""
-    from mtf.losses import _smoothing
+class Tiled(NamedTuple):
+    """Padded operands and tile sizes, shared by `statistics` and `gradients`."""
 
+    h: Array  # [n + pad, emb], operand dtype
+    w: Array  # [emb, vocab + pad], operand dtype
+    t: Array  # [n + pad, 1] int32
+    tokens: int  # n, before padding
+    vocab: int  # before padding
+    rows: tuple[int, int]  # (token, vocabulary) tile of the token-major kernels
+    columns: tuple[int, int]  # the same for the vocabulary-major d_kernel kernel
+
+
+def prepare(hidden: Array, kernel: Array, targets: Array, compute_dtype: str) -> Tiled:
+    """Casts to the MXU operand dtype and pads hidden [N, E] / kernel [E, V] / targets [N]
+    to whole tiles (padded vocabulary columns are masked inside the kernels)."""
     n, emb = hidden.shape
     vocab = kernel.shape[1]
     cdt = operand_dtype(compute_dtype)
-    tn, tv = _fit(_tile(n, ROW_TILES[0], 8), _tile(vocab, ROW_TILES[1], 128), emb,
-                  cdt.itemsize)
-    tn_c, tv_c = _fit(_tile(n, COLUMN_TILES[0], 8), _tile(vocab, COLUMN_TILES[1], 128), emb,
-                      cdt.itemsize)
-    n_pad, v_pad = -n % max(tn, tn_c), -vocab % max(tv, tv_c)
-    h = jnp.pad(hidden.astype(cdt), ((0, n_pad), (0, 0)))
-    w = jnp.pad(kernel.astype(cdt), ((0, 0), (0, v_pad)))
-    t = jnp.pad(targets.astype(jnp.int32), (0, n_pad))[:, None]
-    weights = jnp.pad(token_weights.astype(jnp.float32), (0, n_pad))
-    ni, nj = (n + n_pad) // tn, (vocab + v_pad) // tv
-    size = cdt.itemsize
-    h_bytes, w_bytes = (n + n_pad) * emb * size, emb * (vocab + v_pad) * size
-    confidence, low, entropy = _smoothing(vocab, label_smoothing)
-    common = dict(tv=tv, vocab=vocab, scale=scale)
+    rows = _fit(_tile(n, ROW_TILES[0], 8), _tile(vocab, ROW_TILES[1], 128), emb,
+                cdt.itemsize)
+    columns = _fit(_tile(n, COLUMN_TILES[0], 8), _tile(vocab, COLUMN_TILES[1], 128), emb,
+                   cdt.itemsize)
+    n_pad, v_pad = -n % max(rows[0], columns[0]), -vocab % max(rows[1], columns[1])
+    return Tiled(jnp.pad(hidden.astype(cdt), ((0, n_pad), (0, 0))),
+                 jnp.pad(kernel.astype(cdt), ((0, 0), (0, v_pad))),
+                 jnp.pad(targets.astype(jnp.int32), (0, n_pad))[:, None],
+                 n, vocab, rows, columns)
 
+
+def statistics(tiled: Tiled, scale: float) -> tuple[Array, Array, Array]:
+    """Per token [N]: the log-normaliser, the target's logit and the sum of all logits."""
+    (n_all, emb), v_all = tiled.h.shape, tiled.w.shape[1]
+    tn, tv = tiled.rows
+    ni, nj = n_all // tn, v_all // tv
+    h_bytes, w_bytes = tiled.h.size * tiled.h.dtype.itemsize, tiled.w.size * tiled.w.dtype.itemsize
     row = pl.BlockSpec((tn, 1), lambda i, j: (i, 0))
     stats = pl.pallas_call(
-        functools.partial(_stats_kernel, **common),
+        functools.partial(_stats_kernel, tv=tv, vocab=tiled.vocab, scale=scale),
         grid=(ni, nj),
         in_specs=[pl.BlockSpec((tn, emb), lambda i, j: (i, 0)),
                   pl.BlockSpec((emb, tv), lambda i, j: (0, j)), row],
         out_specs=[row, row, row],
-        out_shape=[jax.ShapeDtypeStruct((n + n_pad, 1), jnp.float32)] * 3,
+        out_shape=[jax.ShapeDtypeStruct((n_all, 1), jnp.float32)] * 3,
         scratch_shapes=[pltpu.VMEM((tn, 1), jnp.float32)] * 2,
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-        cost_estimate=_cost(n + n_pad, emb, vocab + v_pad, 1, h_bytes + ni * w_bytes),
-    )
-    log_z, target_logit, sum_logit = (x[:, 0] for x in stats(h, w, t))
-    if label_smoothing:
-        smoothed = confidence * target_logit + low * (sum_logit - target_logit)
-        loss = log_z - smoothed - entropy
-    else:
-        loss = log_z - target_logit
-    z = z_loss * jnp.square(log_z)
-    per_token, z = (loss + z)[:n], z[:n]
-    numerator = jnp.sum(per_token * token_weights)
-    if not with_grads:
-        return numerator, per_token, z
+        cost_estimate=_cost(n_all, emb, v_all, 1, h_bytes + ni * w_bytes),
+    )(tiled.h, tiled.w, tiled.t)
+    log_z, target_logit, sum_logits = (x[:tiled.tokens, 0] for x in stats)
+    return log_z, target_logit, sum_logits
 
-    coefficients = jnp.stack([log_z, weights * scale * (1.0 + 2.0 * z_loss * log_z),
-                              weights * scale], axis=1)
-    grads = dict(common, confidence=confidence, low=low)
-    c_row = pl.BlockSpec((tn, 3), lambda i, j: (i, 0))
+
+def gradients(tiled: Tiled, coefficients: Array, *, scale: float, confidence: float,
+              low: float, kernel_grad: bool, hidden_dtype: jnp.dtype
+              ) -> tuple[Array | None, Array]:
+    """(d_kernel [E, V] float32 or None, d_hidden [N, E]) of the weighted loss sum, given
+    per token [N, 3]: log_z, w * scale * (1 + 2 z log_z), w * scale (see `_d_logits`)."""
+    (n_all, emb), v_all = tiled.h.shape, tiled.w.shape[1]
+    h_bytes, w_bytes = tiled.h.size * tiled.h.dtype.itemsize, tiled.w.size * tiled.w.dtype.itemsize
+    coefficients = jnp.pad(coefficients, ((0, n_all - tiled.tokens), (0, 0)))
+    args = (tiled.h, tiled.w, tiled.t, coefficients)
+    common = dict(vocab=tiled.vocab, scale=scale, confidence=confidence, low=low)
+    tn, tv = tiled.rows
+    ni = n_all // tn
     d_hidden = pl.pallas_call(
-        functools.partial(_d_hidden_kernel, **grads),
-        grid=(ni, nj),
+        functools.partial(_d_hidden_kernel, tv=tv, **common),
+        grid=(ni, v_all // tv),
         in_specs=[pl.BlockSpec((tn, emb), lambda i, j: (i, 0)),
-                  pl.BlockSpec((emb, tv), lambda i, j: (0, j)), row, c_row],
+                  pl.BlockSpec((emb, tv), lambda i, j: (0, j)),
+                  pl.BlockSpec((tn, 1), lambda i, j: (i, 0)),
+                  pl.BlockSpec((tn, 3), lambda i, j: (i, 0))],
         out_specs=pl.BlockSpec((tn, emb), lambda i, j: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct((n + n_pad, emb), hidden.dtype),
+        out_shape=jax.ShapeDtypeStruct((n_all, emb), hidden_dtype),
         scratch_shapes=[pltpu.VMEM((tn, emb), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-        cost_estimate=_cost(n + n_pad, emb, vocab + v_pad, 2,
-                            2 * h_bytes + ni * w_bytes),
-    )(h, w, t, coefficients)[:n]
-    d_kernel = None
-    if kernel_grad:
-        nj_c, ni_c = (vocab + v_pad) // tv_c, (n + n_pad) // tn_c
-        col = pl.BlockSpec((tn_c, 1), lambda j, i: (i, 0))
-        d_kernel = pl.pallas_call(
-            functools.partial(_d_kernel_kernel, **dict(grads, tv=tv_c)),
-            grid=(nj_c, ni_c),
-            in_specs=[pl.BlockSpec((tn_c, emb), lambda j, i: (i, 0)),
-                      pl.BlockSpec((emb, tv_c), lambda j, i: (0, j)), col,
-                      pl.BlockSpec((tn_c, 3), lambda j, i: (i, 0))],
-            out_specs=pl.BlockSpec((emb, tv_c), lambda j, i: (0, j)),
-            out_shape=jax.ShapeDtypeStruct((emb, vocab + v_pad), jnp.float32),
-            compiler_params=pltpu.CompilerParams(
-                dimension_semantics=("parallel", "arbitrary")),
-            cost_estimate=_cost(n + n_pad, emb, vocab + v_pad, 2,
-                                nj_c * h_bytes + w_bytes + emb * (vocab + v_pad) * 4),
-        )(h, w, t, coefficients)[:, :vocab]
-    return (numerator, per_token, z), (d_kernel, d_hidden, per_token)
+        cost_estimate=_cost(n_all, emb, v_all, 2, 2 * h_bytes + ni * w_bytes),
+    )(*args)[:tiled.tokens]
+    if not kernel_grad:
+        return None, d_hidden
+    tn, tv = tiled.columns
+    nj = v_all // tv
+    d_kernel = pl.pallas_call(
+        functools.partial(_d_kernel_kernel, tv=tv, **common),
+        grid=(nj, n_all // tn),
+        in_specs=[pl.BlockSpec((tn, emb), lambda j, i: (i, 0)),
+                  pl.BlockSpec((emb, tv), lambda j, i: (0, j)),
+                  pl.BlockSpec((tn, 1), lambda j, i: (i, 0)),
+                  pl.BlockSpec((tn, 3), lambda j, i: (i, 0))],
+        out_specs=pl.BlockSpec((emb, tv), lambda j, i: (0, j)),
+        out_shape=jax.ShapeDtypeStruct((emb, v_all), jnp.float32),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        cost_estimate=_cost(n_all, emb, v_all, 2, nj * h_bytes + w_bytes + emb * v_all * 4),
+    )(*args)[:, :tiled.vocab]
+    return d_kernel, d_hidden

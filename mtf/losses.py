@@ -45,15 +45,24 @@ def _log_normaliser_and_loss(logits: Array, targets: Array, z_loss: float,
     vocab = logits.shape[-1]
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    sum_logits = vocab * jnp.mean(logits, axis=-1) if label_smoothing else None
+    return (log_z,) + _loss_from_statistics(log_z, target_logit, sum_logits, vocab, z_loss,
+                                            label_smoothing)
+
+
+def _loss_from_statistics(log_z: Array, target_logit: Array, sum_logits: Array | None,
+                          vocab: int, z_loss: float, label_smoothing: float
+                          ) -> tuple[Array, Array]:
+    """Per-token (total loss, z part) from the log-normaliser, the target's logit and (for
+    label smoothing) the sum of all logits: what the XLA and the Pallas loss share."""
     if label_smoothing:
         confidence, low, entropy = _smoothing(vocab, label_smoothing)
-        mean_logit = jnp.mean(logits, axis=-1)
-        smoothed = confidence * target_logit + low * (vocab * mean_logit - target_logit)
+        smoothed = confidence * target_logit + low * (sum_logits - target_logit)
         loss = log_z - smoothed - entropy
     else:
         loss = log_z - target_logit
     z = z_loss * jnp.square(log_z)
-    return log_z, loss + z, z
+    return loss + z, z
 
 
 def _segment_token_counts(weights: Array, segment_ids: Array | None) -> Array:
@@ -202,27 +211,35 @@ def _fused_forward(hidden, kernel, targets, token_weights, settings, with_grads)
 
 
 def _pallas_forward(hidden, kernel, targets, token_weights, settings, with_grads):
-    """`_fused_forward` by `loss_kernel.projected_cross_entropy`, per device under a mesh
+    """`_fused_forward` by `loss_kernel`'s Pallas kernels, per device under a mesh
     (a Pallas call is not partitioned by XLA): tokens stay where they are, the kernel is
     whole on each device, the numerator and the kernel's gradient are summed over them."""
     from mtf import loss_kernel
 
     b, length, emb = hidden.shape
+    vocab = kernel.shape[-1]
 
     def run(h, w, t, tw):
-        out = loss_kernel.projected_cross_entropy(
-            h.reshape(-1, emb), w, t.reshape(-1), tw.reshape(-1), z_loss=settings.z_loss,
-            label_smoothing=settings.label_smoothing, scale=settings.scale,
-            compute_dtype=settings.compute_dtype, kernel_grad=settings.kernel_grad,
-            with_grads=with_grads)
-        (numerator, per_token, z), grads = (out, None) if not with_grads else out
+        rows = (h.shape[0], length)
+        tiled = loss_kernel.prepare(h.reshape(-1, emb), w, t.reshape(-1),
+                                    settings.compute_dtype)
+        log_z, target_logit, sum_logits = loss_kernel.statistics(tiled, settings.scale)
+        per_token, z = _loss_from_statistics(log_z, target_logit, sum_logits, vocab,
+                                             settings.z_loss, settings.label_smoothing)
+        tw = tw.reshape(-1)
+        numerator = jnp.sum(per_token * tw)
         if axes:
             numerator = jax.lax.psum(numerator, axes)
-        rows = (h.shape[0], length)
         values = (numerator, per_token.reshape(rows), z.reshape(rows))
         if not with_grads:
             return values
-        d_kernel, d_hidden, _ = grads
+        confidence, low, _ = _smoothing(vocab, settings.label_smoothing)
+        coefficients = jnp.stack(
+            [log_z, tw * settings.scale * (1.0 + 2.0 * settings.z_loss * log_z),
+             tw * settings.scale], axis=1)
+        d_kernel, d_hidden = loss_kernel.gradients(
+            tiled, coefficients, scale=settings.scale, confidence=confidence, low=low,
+            kernel_grad=settings.kernel_grad, hidden_dtype=h.dtype)
         if axes and d_kernel is not None:
             d_kernel = jax.lax.psum(d_kernel, axes)
         return values, (d_kernel, d_hidden.reshape(h.shape), per_token.reshape(rows))

@@ -75,13 +75,13 @@ def check_kernels_run_on(mesh: Mesh, model_config: T5Config, loss: step.LossConf
     """The Pallas TPU kernels (flash attention, the fused loss) compile for TPUs only: say
     so before tracing, not with a lowering error from inside Pallas."""
     platform = mesh.devices.flat[0].platform
-    chosen = ([f"ATTENTION_KERNEL = '{model_config.attention_kernel}'"]
-              if model_config.attention_kernel != "xla" else []) + (
-        [f"LOSS_KERNEL = '{loss.kernel}'"] if loss.kernel != "xla" else [])
+    settings = (("ATTENTION_KERNEL", model_config.attention_kernel), ("LOSS_KERNEL", loss.kernel))
+    chosen = [(name, value) for name, value in settings if value != "xla"]
     if chosen and platform != "tpu":
+        now = " and ".join(f"{name} = {value!r}" for name, value in chosen)
+        fix = " and ".join(f"{name} = 'xla'" for name, _ in chosen)
         raise SettingError(
-            f"{' and '.join(chosen)} run on TPU only; these devices are {platform}: set "
-            f"{' and '.join(c.split(' = ')[0] + ' = ' + repr('xla') for c in chosen)} "
+            f"{now} run on TPU only; these devices are {platform}: set {fix} "
             "(the gin files for TPU slices, e.g. gin/mt0_small.gin, set the TPU kernels)")
 
 

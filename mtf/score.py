@@ -31,10 +31,7 @@ def score_rows(params: Any, encoder_tokens: jax.Array, row_example: jax.Array,
                ) -> tuple[jax.Array, jax.Array]:
     """(summed log-likelihood, token count) of each row's targets [rows, length] given the
     prompt of example `row_example[r]`; rows of all-0 targets score 0."""
-    # attention_kernel: the TPU flash kernel is a training-step choice; scoring and decoding
-    # take any length on any platform
-    model = Transformer(config.replace(dropout_rate=0.0, remat_policy="none",
-                                       attention_kernel="xla"))
+    model = Transformer(config.for_inference)
     encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False,
                           method=Transformer.encode)
     decoder_inputs = jnp.pad(row_targets[:, :-1], ((0, 0), (1, 0)))

@@ -135,6 +135,13 @@ class T5Config:
         return self.dropout_rate > 0 or (self.lora is not None and self.lora.dropout > 0)
 
     @property
+    def for_inference(self) -> T5Config:
+        """The network scoring and decoding run: no dropout, no remat, and the XLA
+        attention (the TPU flash kernel is a training-step choice; inference takes any
+        length on any platform)."""
+        return self.replace(dropout_rate=0.0, remat_policy="none", attention_kernel="xla")
+
+    @property
     def base(self) -> T5Config:
         """The network without adapters (the frozen base of a LoRA model)."""
         return self.replace(lora=None)

@@ -12,6 +12,8 @@ device's batch and heads (a Pallas call cannot be partitioned by XLA).
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,9 +43,7 @@ def check_lengths(*lengths: int) -> None:
 
 def _check_split(size: int, axes, what: str, mesh) -> None:
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    shards = 1
-    for axis in axes:
-        shards *= mesh.shape[axis]
+    shards = math.prod(mesh.shape[axis] for axis in axes)
     if size % shards:
         raise SettingError(
             f"attention_kernel='flash' runs per device: {size} {what} do not split over the "
@@ -131,7 +131,7 @@ def kernel_cost(kernel: str, operands: list[tuple[int, tuple[int, ...]]],
     once per tile of the grid's outer length unless its block does not move with the inner
     one; results are written once. Causal calls are counted in full (as XLA counts them).
     """
-    nbytes = [size * _prod(shape) for size, shape in operands]
+    nbytes = [size * math.prod(shape) for size, shape in operands]
     (b, h, q_len, d), kv_len = operands[0][1], operands[1][1][2]
     rest = list(range(3, len(operands)))
     bias = [i for i in rest[:1] if len(operands[i][1]) == 4 and operands[i][1][-1] == kv_len
@@ -154,12 +154,5 @@ def kernel_cost(kernel: str, operands: list[tuple[int, tuple[int, ...]]],
         moved = sum(nbytes[i] for i in q_side) + reads * sum(nbytes[i] for i in kv_side)
     else:
         raise ValueError(f"unknown flash kernel {kernel!r}; known: {KERNELS}")
-    moved += sum(nbytes[i] for i in bias) + sum(size * _prod(shape) for size, shape in results)
+    moved += sum(nbytes[i] for i in bias) + sum(size * math.prod(shape) for size, shape in results)
     return {"flops": float(flops), "bytes": float(moved)}
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n

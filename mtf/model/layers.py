@@ -205,7 +205,6 @@ class MultiHeadAttention(nn.Module):
     float32_logits: bool = False
     kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     lora: LoraConfig | None = None
-    kernel: str = "xla"  # 'flash': mtf.model.flash, given a masks.SegmentMask
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array,
@@ -240,8 +239,8 @@ class MultiHeadAttention(nn.Module):
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        if isinstance(mask, masks.SegmentMask):
-            if self.kernel == "flash" and not decode and not self.is_initializing():
+        if isinstance(mask, masks.SegmentMask):  # what the network builds for the flash kernel
+            if not decode and not self.is_initializing():
                 x = flash.attention(query, key, value, bias, mask, dropout_rng,
                                     self.dropout_rate, self.dtype)
                 return self._project_out(constrain(x, qkv_axes), inputs_q, deterministic)

@@ -31,7 +31,7 @@ def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
     return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                               dtype=cfg.activation_dtype, dropout_rate=cfg.dropout_rate,
                               float32_logits=cfg.float32_attention_logits, lora=cfg.lora,
-                              kernel=cfg.attention_kernel, name=name)
+                              name=name)
 
 
 def _mlp(cfg: T5Config) -> MlpBlock:
