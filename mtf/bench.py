@@ -1,5 +1,5 @@
-"""`python -m mtf.bench train|decode ...`: throughput of the real train step and of
-decoding / scoring, on synthetic batches.
+"""`python -m mtf.bench train|decode|input ...`: throughput of the real train step and of
+decoding / scoring, on synthetic batches, and of the input stream a run reads.
 
     python -m mtf.bench train --model small --vocab 250112 --batch 8 --inputs 128 \
         --targets 32 --steps 10 [--dtype float32|bfloat16] [--mesh -1,1,1] [--microbatches 1]
@@ -19,6 +19,20 @@ Greedy decoding on the cache (EOS held off, so every row generates exactly --tar
 tokens): generated tokens/s. Also rank classification of --choices answers per prompt
 (length --targets) in one batch (the prompt encoded once) against --choices separate
 forward passes (the prompt encoded each time): score_s, separate_s and their ratio.
+
+    python -m mtf.bench input --gin_file=gin/mt0_small.gin --gin.XP3_DIR=... \
+        [--gin.BATCH_SIZE=64] [--gin.DATA_CACHE_DIR=...] [--resume_step 30000] \
+        [--process_index i --process_count n] [--batches 30] [--step_s 0.106]
+
+The stream the trainer reads for that recipe (same tasks, lengths, packing, cache, this
+process's share), on the CPU, no model: first_batch_s (from the command's start, imports
+included, to the first batch), then examples_per_s and tokens_per_s (non-padding tokens)
+over --batches batches; resume_s: the command's start-up plus building a stream at
+--resume_step and reading its first batch, as a restarted run would (a packed stream
+resumes from the packer state after the timed batches, as a checkpoint holds it);
+cache_build_s: the manifest's build time when DATA_CACHE_DIR is set. --step_s (the step
+time `mtf.plan` gives) adds need_examples_per_s (this process's batch per step) and the
+ratio of the two.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES
 
 
@@ -177,6 +192,68 @@ def decode_bench(args: argparse.Namespace) -> dict:
     }
 
 
+def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: float) -> dict:
+    """The trainer's stream for a gin recipe: first batch, rate, resume (see the doc)."""
+    from mtf import config, plan
+    from mtf.data import batches
+
+    config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-bench"] + list(bindings))
+    config.register_xp3_from_gin()
+    arguments = plan.train_arguments()
+    data, batch_size = arguments.get("data") or batches.DataConfig(), arguments["batch_size"]
+    if not 0 <= args.process_index < args.process_count:
+        raise SettingError(f"--process_index {args.process_index} is not in "
+                           f"0..{args.process_count - 1}")
+    if args.resume_step and data.pack:
+        raise SettingError("--resume_step measures unpacked streams; a packed stream "
+                           "resumes from the packer state a checkpoint holds, and resume_s "
+                           "is measured from the state after the timed batches")
+    share = (args.process_index, args.process_count)
+    startup_s = time.perf_counter() - started
+    stream = batches.batches(data, batch_size, 0, *share)
+    next(stream)
+    first_batch_s = time.perf_counter() - started
+    examples, tokens = 0, 0
+    timed = time.perf_counter()
+    for _ in range(args.batches):
+        batch = next(stream)
+        examples += _examples_in(batch)
+        tokens += int((batch["encoder_input_tokens"] > 0).sum()
+                      + (batch["decoder_target_tokens"] > 0).sum())
+    seconds = time.perf_counter() - timed
+    state, done = stream.state(), args.batches + 1
+    resume_step = args.resume_step or done
+    resumed = time.perf_counter()
+    next(batches.batches(data, batch_size, resume_step, *share,
+                         state=None if args.resume_step else state))
+    resume_s = startup_s + time.perf_counter() - resumed
+    cache = batches.token_cache_of(data)
+    result = {
+        "bench": "input", "gin_file": args.gin_file, "mixture": data.mixture_or_task_name,
+        "lengths": dict(data.task_feature_lengths), "pack": data.pack,
+        "batch_size": batch_size, "process_index": args.process_index,
+        "process_count": args.process_count, "cache": data.cache_dir,
+        "batches": args.batches, "examples_per_s": examples / seconds,
+        "tokens_per_s": tokens / seconds, "examples_per_batch": examples / args.batches,
+        "startup_s": startup_s, "first_batch_s": first_batch_s,
+        "resume_step": resume_step, "resume_s": resume_s,
+        "cache_build_s": cache.manifest.get("build_s") if cache else None,
+    }
+    if args.step_s:
+        need = examples / args.batches / args.step_s
+        result.update(step_s=args.step_s, need_examples_per_s=need,
+                      input_over_need=result["examples_per_s"] / need)
+    return result
+
+
+def _examples_in(batch) -> int:
+    """Examples in a batch: rows, or packed segments (each segment id once per row)."""
+    segments = batch.get("decoder_segment_ids")
+    if segments is None:
+        return len(batch["decoder_target_tokens"])
+    return int(segments.max(axis=1).sum())
+
+
 def _shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and batch shapes both benchmarks take."""
     parser.add_argument("--model", default="small",
@@ -189,6 +266,7 @@ def _shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(prog="python -m mtf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,11 +289,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--choices", type=int, default=4)
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    i = sub.add_parser("input", help="the input stream's speed, first batch and resume time")
+    i.add_argument("--gin_file", action="append", default=[], required=True)
+    i.add_argument("--resume_step", type=int, default=0,
+                   help="also time a stream started at this step (unpacked recipes)")
+    i.add_argument("--process_index", type=int, default=0)
+    i.add_argument("--process_count", type=int, default=1)
+    i.add_argument("--batches", type=int, default=30, help="batches timed")
+    i.add_argument("--step_s", type=float, default=0.0,
+                   help="the step time (mtf.plan) to compare the input rate with")
+    i.add_argument("--verbose", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    bindings: list[str] = []
+    if args.command == "input":
+        from mtf.config import split_gin_flags
+
+        bindings, unknown = split_gin_flags(rest)
+        rest = unknown
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from mtf import quiet
 
     quiet.start(args.verbose)
-    result = train_bench(args) if args.command == "train" else decode_bench(args)
+    from mtf.errors import UserError
+
+    try:
+        if args.command == "input":
+            result = input_bench(args, bindings, started)
+        else:
+            result = train_bench(args) if args.command == "train" else decode_bench(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 

@@ -240,3 +240,15 @@ def _check_types(binding: str, name: str) -> None:
             wanted = " or ".join(kinds)
             raise ConfigError(f"--gin.{binding}: {selector}.{param} takes {wanted}, got "
                               f"{value!r} ({type(value).__name__})")
+
+
+def register_xp3_from_gin() -> None:
+    """`XP3_DIR` may be a gin macro as well as an environment variable (parse first)."""
+    try:
+        root = gin.query_parameter("%XP3_DIR")
+    except ValueError:
+        return
+    if root and root != os.environ.get("XP3_DIR"):
+        from tasks import xp3  # the task registry: imports seqio and TensorFlow
+
+        xp3.register(root)

@@ -69,20 +69,6 @@ def init_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
 
 
-def _register_xp3_from_gin() -> None:
-    """`XP3_DIR` may be a gin macro as well as an environment variable."""
-    import gin
-
-    try:
-        root = gin.query_parameter("%XP3_DIR")
-    except ValueError:
-        return
-    if root and root != os.environ.get("XP3_DIR"):
-        from tasks import xp3
-
-        xp3.register(root)
-
-
 def _message(error: Exception) -> str:
     """The error's own message, without the "In call to configurable" lines gin appends."""
     return str(error).split("\n  In call to configurable")[0]
@@ -106,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gin
 
     try:
-        _register_xp3_from_gin()
+        config.register_xp3_from_gin()
         gin.get_configurable(runs.run)()
     except train.NonFiniteLossError as e:
         print(f"error: {_message(e)}", file=sys.stderr)

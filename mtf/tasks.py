@@ -3,6 +3,15 @@
     python -m mtf.tasks list [--filter xp3]
     python -m mtf.tasks show mini_xp3 [-n 3] [--split train]
     python -m mtf.tasks lengths mini_xp3 --inputs 128 --targets 32 [--max_examples 2000]
+    python -m mtf.tasks cache --mixture xp3 --output gs://bucket/xp3_cache \
+        [--inputs 1024 --targets 1024] [--shards N] [--workers N] \
+        [--process_index i --process_count n]
+
+`cache` tokenises a mixture's training split once into a token cache that runs read with
+DATA_CACHE_DIR (see README, "Feed a pod"): shards are built in parallel (--workers local
+processes; on several hosts each takes its share with --process_index/--process_count),
+a finished shard is never rebuilt (a killed build resumes), and the manifest is written
+when every shard is there.
 """
 
 from __future__ import annotations
@@ -116,6 +125,80 @@ def cmd_lengths(args: argparse.Namespace) -> None:
         print(f"  {key}: {count} of {seen[key.split(':')[0]]} examples exceed the length")
 
 
+def _build_shard(job: tuple[str, str, dict[str, int], int, int, str, bool, bool]
+                 ) -> tuple[str, int, dict, float]:
+    """One shard, in a worker process (spawned: it registers the tasks itself)."""
+    import time
+
+    name, split, lengths, index, count, output, skip_bad_records, verbose = job
+    from mtf import quiet
+
+    quiet.start(verbose)
+    import seqio
+
+    import tasks  # noqa: F401  registers everything, as the parent did
+    from mtf.data import records, token_cache
+
+    records.skip_bad_records_for_the_run(skip_bad_records)
+    start = time.perf_counter()
+    done = token_cache.build_shard(seqio.get_mixture_or_task(name), split, lengths,
+                                   token_cache.ShardSpec(name, index, count), output)
+    if records.SKIPPED.total:
+        print(f"{name} shard {index}: {records.SKIPPED.summary()}", file=sys.stderr)
+    return name, index, done, time.perf_counter() - start
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    import multiprocessing
+    import os
+    import time
+
+    from mtf.data import seqio_tasks, token_cache
+
+    provider = _provider(args.mixture)
+    found = seqio_tasks.tasks_of(provider)
+    refused = {t.name: token_cache.uncacheable_reason(t) for t in found}
+    refused = {k: v for k, v in refused.items() if v}
+    if refused:
+        raise SystemExit(f"error: cannot cache {args.mixture}: "
+                         + "; ".join(f"task {k}: {v}" for k, v in refused.items())
+                         + " (train such tasks without DATA_CACHE_DIR)")
+    if not 0 <= args.process_index < args.process_count:
+        raise SystemExit(f"error: --process_index {args.process_index} is not in "
+                         f"0..{args.process_count - 1}")
+    workers = args.workers or os.cpu_count() or 1
+    count = args.shards or workers * args.process_count
+    lengths = {"inputs": args.inputs, "targets": args.targets}
+    specs = list(token_cache.shard_specs(found, count))
+    mine = [s for j, s in enumerate(specs) if j % args.process_count == args.process_index]
+    todo = [s for s in mine if token_cache.read_json(s.done(args.output)) is None]
+    print(f"token cache of {args.mixture} ({len(found)} tasks x {count} shards) in "
+          f"{args.output}: {len(mine) - len(todo)} of this process's {len(mine)} shards "
+          f"already built, {workers} worker(s)", flush=True)
+    jobs = [(s.task, args.split, lengths, s.index, s.count, args.output,
+             args.skip_bad_records, args.verbose) for s in todo]
+    start = time.perf_counter()
+    if jobs:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for name, index, done, seconds in pool.imap_unordered(_build_shard, jobs):
+                print(f"  {name} {token_cache.shard_name(index, count)}: {done['records']} "
+                      f"examples, {done['bytes'] / 2**20:.1f} MiB, {seconds:.1f} s", flush=True)
+    shards = {t.name: [token_cache.read_json(token_cache.ShardSpec(t.name, i, count).done(
+        args.output)) for i in range(count)] for t in found}
+    missing = sum(s is None for v in shards.values() for s in v)
+    if missing:
+        print(f"{missing} shard(s) are left to the other processes; the last one to finish "
+              "writes the manifest", flush=True)
+        return
+    token_cache.write_manifest(args.output, args.split, lengths, {
+        t.name: token_cache.task_entry(t, shards[t.name], count) for t in found}, args.mixture,
+        time.perf_counter() - start)
+    examples = sum(s["records"] for v in shards.values() for s in v)
+    print(json.dumps({"cache": args.output, "tasks": len(found), "shards": count,
+                      "examples": examples, "build_s": round(time.perf_counter() - start, 1),
+                      "bytes": sum(s["bytes"] for v in shards.values() for s in v)}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtf.tasks", description=__doc__)
     parser.add_argument("--skip_bad_records", action="store_true",
@@ -134,6 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=1024)
     p.add_argument("--split", default="train")
     p.add_argument("--max_examples", type=int, default=2000)
+    p = sub.add_parser("cache", help="tokenise a mixture once into a token cache "
+                       "(DATA_CACHE_DIR) that runs read from any position")
+    p.add_argument("--mixture", required=True, help="a registered task or mixture")
+    p.add_argument("--output", required=True, help="the cache folder, local or gs://")
+    p.add_argument("--split", default="train")
+    p.add_argument("--inputs", type=int, default=1024,
+                   help="the longest inputs length runs of this cache may use")
+    p.add_argument("--targets", type=int, default=1024)
+    p.add_argument("--shards", type=int, default=0,
+                   help="shards per task (default: workers x processes)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="local processes that build shards (default: one per core)")
+    p.add_argument("--process_index", type=int, default=0,
+                   help="this host's index when several hosts build one cache")
+    p.add_argument("--process_count", type=int, default=1)
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's, absl's and libtpu's start-up messages")
     args = parser.parse_args(argv)
@@ -142,9 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet.start(args.verbose)
     import tasks  # noqa: F401  registers everything
     from mtf.data import records
+    from mtf.errors import UserError
 
     records.skip_bad_records_for_the_run(args.skip_bad_records)
-    {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths}[args.command](args)
+    try:
+        {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths,
+         "cache": cmd_cache}[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if records.SKIPPED.total:
         print(records.SKIPPED.summary(), file=sys.stderr)
     return 0

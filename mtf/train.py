@@ -8,6 +8,7 @@ TRAIN_STEPS counts this run's steps from its start point (not pretraining, unlik
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import signal
@@ -195,21 +196,52 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
             adapters.check_base(position.get("lora_base"), record,
                                 f"{ckpts.directory}/{latest}")
             restored = restored.replace(frozen=frozen)
-        return restored, int(position["batches"]), f"resumed from step {latest}"
+        return restored, position, f"resumed from step {latest}"
     if lora_base is not None:
         fresh = state.init_adapters(model_config, optimizer, lora_base[0], shardings,
                                     jax.random.key(seed))
-        return (fresh, 0, f"LoRA adapters (rank {model_config.lora.rank}) initialised on "
+        return (fresh, {}, f"LoRA adapters (rank {model_config.lora.rank}) initialised on "
                 f"{initial_checkpoint_path}")
     if initial_checkpoint_path:
         params = checkpoint.load_initial_params(initial_checkpoint_path, model_config)
         params = checkpoint.place(params, shardings.params)
         opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
         step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-        return (step.TrainState(step=step0, params=params, opt_state=opt_state), 0,
+        return (step.TrainState(step=step0, params=params, opt_state=opt_state), {},
                 f"initialised from {initial_checkpoint_path}")
     fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
-    return fresh, 0, "random initialisation"
+    return fresh, {}, "random initialisation"
+
+
+def _saved_stream_state(position: dict[str, Any]) -> dict[str, Any] | None:
+    """This process's stream state from a checkpoint's data position (packed cached runs
+    save one per process), or None."""
+    states = position.get("streams")
+    if not states:
+        return None
+    if len(states) != jax.process_count():
+        logging.warning("the checkpoint's stream states are for %d processes, this run has "
+                        "%d: the packed stream replays to its position", len(states),
+                        jax.process_count())
+        return None
+    return states[jax.process_index()]
+
+
+def _stream_states(stream: batches.Batches) -> dict[str, Any]:
+    """Every process's stream state for the checkpoint's data position (process 0 writes
+    it): {} when the batch count is enough, as for every stream but packed cached ones."""
+    state = stream.state()
+    if state is None:  # the same on every process: they read the same kind of stream
+        return {}
+    if jax.process_count() == 1:
+        return {"streams": [state]}
+    encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.int32(len(encoded)))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[:len(encoded)] = encoded
+    rows = multihost_utils.process_allgather(padded)
+    return {"streams": [json.loads(bytes(row[:int(n)])) for row, n in zip(rows, sizes,
+                                                                          strict=True)]}
 
 
 def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
@@ -310,6 +342,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     lock = _take_run_lock(model_dir, chief)
     try:
         batches.provider(data)  # fail before any compiling if the mixture is not registered
+        batches.token_cache_of(data)  # and if the token cache is stale or damaged
         records.skip_bad_records_for_the_run(data.skip_bad_records)
         mesh = partitioning.make_mesh(mesh_shape)
         compiled_step, tx = step_program(
@@ -331,6 +364,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
             compiled_step.abstract_state, compiled_step.shardings, batch_size, lora_base)
         start = int(jax.device_get(train_state.step))
+        batches_done = int(position.get("batches", 0))
         if chief:
             print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
                   f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
@@ -351,15 +385,16 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                                                 lengths["targets"])
         tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
         writer = observability.MetricsWriter(model_dir, train_steps, enabled=chief)
-        stream = batches.batches(data, batch_size, position, jax.process_index(),
-                                 jax.process_count())
+        stream = batches.batches(data, batch_size, batches_done, jax.process_index(),
+                                 jax.process_count(), _saved_stream_state(position))
         preemption = _Preemption()
         window = observability.LogWindow(partitioning.gather)
         save_clock = _SaveClock(checkpoint_config.minutes)
         losses: dict[int, float] = {}
         last_time, last_step = time.perf_counter(), start
         data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed,
-                     "batch_size": batch_size, "vocabulary": batches.vocabulary_file(data)}
+                     "batch_size": batch_size, "vocabulary": batches.vocabulary_file(data),
+                     "cache": data.cache_dir}
         if lora_base is not None:
             data_info["lora_base"] = lora_base[1]
         done = start
@@ -393,7 +428,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                 if save_now or stop_now:
                     # a LoRA run saves its adapters and their optimizer state, not the base
                     ckpts.save(done, train_state.replace(frozen=None),
-                               {"batches": done, **data_info}, model_config)
+                               {"batches": done, **data_info, **_stream_states(stream)},
+                               model_config)
                     save_clock.saved()
                 if eval_period and not stop_now and (
                         done % eval_period == 0 or done == train_steps):

@@ -23,12 +23,14 @@ def register(root: str, vocabulary_path: str | None = None,
     vocabulary = vocabularies.mt5(vocabulary_path)
 
     def register_files(name: str, files: list[str], lang: str) -> None:
-        def build():
+        def build(shard: seqio_tasks.Shard):
             return seqio_tasks.prompted_examples(
-                xp3.read(files, skip_bad_records), name, None, lang, skip_bad_records)
+                xp3.read(files, skip_bad_records, shard=shard), name, None, lang,
+                skip_bad_records)
 
         seqio_tasks.register_task(name, build, vocabulary, validation_fraction,
-                                  metric_fns=[metrics.exact_match])
+                                  metric_fns=[metrics.exact_match], sharded_reader=True,
+                                  files=files)
         mixing.register_size(name, lambda: sum(xp3.count_lines(f) for f in files))
 
     names = {}

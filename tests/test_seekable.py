@@ -66,7 +66,7 @@ def test_packed_or_filtering_tasks_fall_back_to_replaying():
     def drop_short(ds):
         return ds.filter(lambda ex: len(ex["inputs"]) > 3)
 
-    source = seqio_tasks.examples_source(lambda: [])
+    source = seqio_tasks.RecordSource(lambda: [])
     features = seqio_tasks.output_features(seqio.PassThroughVocabulary(1))
     plain = seqio.Task("one_to_one", source, features,
                        preprocessors=[seqio.preprocessors.tokenize, seqio_tasks.add_metadata])

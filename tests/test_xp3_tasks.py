@@ -164,14 +164,14 @@ def test_xp3x_folder_gets_a_task_per_dataset_file(tmp_path):
 def test_xp3_dir_as_a_gin_macro(xp3_tree):
     import gin
 
-    from mtf import launch
+    from mtf import config
 
     for name in ("xp3_en", "xp3_sw", "xp3_yo"):
         if name in seqio.TaskRegistry.names():
             seqio.TaskRegistry.remove(name)
     gin.parse_config(f"XP3_DIR = '{xp3_tree}'")
     try:
-        launch._register_xp3_from_gin()
+        config.register_xp3_from_gin()
     finally:
         gin.clear_config()
     assert {"xp3_en", "xp3_sw", "xp3_yo"} <= set(seqio.TaskRegistry.names())

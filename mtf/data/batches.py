@@ -2,25 +2,27 @@
 
 The stream is a pure function of (mixture, lengths, seed, process index/count), and its
 position is the number of batches consumed, saved with every checkpoint: a resumed run
-sees exactly the examples the uninterrupted run would have. Unpacked runs of one-to-one
-tasks (mT0's recipe) seek there cheaply (seekable.py); packed runs skip batches of the
-seqio stream, replaying it (tf.data iterator checkpoints cannot hold Python-generator
-sources).
+sees exactly the examples the uninterrupted run would have. With DATA_CACHE_DIR (a token
+cache, `python -m mtf.tasks cache`) the training stream is read through Grain from the
+cache: any position in O(1), packed runs too, with their packer state saved beside the
+batch count (cached_stream.py). Without one, records are read and tokenised as the run
+goes: unpacked runs of one-to-one tasks (mT0's recipe) skip records before tokenising
+them (seekable.py); packed runs skip batches of the seqio stream, replaying it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from mtf.data import records, seekable, seqio_tasks
+from mtf.data import cached_stream, records, seekable, seqio_tasks, token_cache
 from mtf.errors import SettingError
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
@@ -51,17 +53,6 @@ class MetadataFeatureConverter(seqio.EncDecFeatureConverter):
         out = dict(super().get_model_feature_lengths(task_feature_lengths))
         out.update({v: task_feature_lengths["targets"] for v in METADATA_MODEL_FEATURES.values()})
         return out
-
-
-class _QuietUncachedWarning(logging.Filter):
-    """seqio warns once per task that a function source is uncached: 40x for the mini-xP3.
-    Our sources are deterministic and resume by position, so the warning does not apply."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "uncached FunctionDataset" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietUncachedWarning())
 
 
 def feature_converter(pack: bool) -> seqio.FeatureConverter:
@@ -98,6 +89,7 @@ class DataConfig:
     use_cached: bool = False
     seekable: bool = True  # unpacked runs resume without replaying (see seekable.py)
     skip_bad_records: bool = False  # count and skip malformed records instead of stopping
+    cache_dir: str | None = None  # DATA_CACHE_DIR: the token cache the train stream reads
 
 
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
@@ -125,6 +117,20 @@ def vocabulary_file(config: DataConfig) -> str | None:
 def uses_seekable_stream(config: DataConfig) -> bool:
     return (config.seekable and not config.pack and config.shuffle and not config.use_cached
             and seekable.supported(provider(config)))
+
+
+def uses_token_cache(config: DataConfig) -> bool:
+    """The training stream (shuffled) reads the cache; evaluation streams read records."""
+    return bool(config.cache_dir) and config.shuffle
+
+
+def token_cache_of(config: DataConfig) -> token_cache.TokenCache | None:
+    """The configured cache, checked against the run (None without one): a stale or
+    damaged cache is refused here, before anything is compiled."""
+    if not uses_token_cache(config):
+        return None
+    return token_cache.open_cache(config.cache_dir, provider(config), config.split,
+                                  task_feature_lengths(config.task_feature_lengths))
 
 
 def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
@@ -155,11 +161,36 @@ def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
     return ds.skip(position) if position else ds
 
 
+class Batches(Iterator[dict[str, np.ndarray]]):
+    """This process's numpy batches; `state()`: what a checkpoint must keep, beyond the batch
+    count, to resume this stream (None: the count is enough)."""
+
+    def __init__(self, iterator: Iterator[dict[str, np.ndarray]]) -> None:
+        self._iterator = iterator
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def state(self) -> dict[str, Any] | None:
+        state = getattr(self._iterator, "state", None)
+        return state() if state else None
+
+
 def batches(config: DataConfig, batch_size: int, position: int = 0, process_index: int = 0,
-            process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches starting after `position` batches (the resume point)."""
-    ds = dataset(config, batch_size, process_index, process_count, position)
-    return record_errors_unwrapped(ds.prefetch(2).as_numpy_iterator())
+            process_count: int = 1, state: dict[str, Any] | None = None) -> Batches:
+    """Numpy batches starting after `position` batches (the resume point); `state` is what
+    `Batches.state()` gave at that point (packed cached streams)."""
+    cache = token_cache_of(config)
+    if cache is None:
+        ds = dataset(config, batch_size, process_index, process_count, position)
+        return Batches(record_errors_unwrapped(ds.prefetch(2).as_numpy_iterator()))
+    if batch_size % process_count:
+        raise SettingError(f"BATCH_SIZE {batch_size} is not divisible by the {process_count} "
+                           "processes; choose a multiple")
+    return Batches(cached_stream.CachedBatches(
+        cache, provider(config), task_feature_lengths(config.task_feature_lengths),
+        config.pack, config.seed, batch_size // process_count, position, process_index,
+        process_count, state))
 
 
 def record_errors_unwrapped(iterator: Iterator[dict[str, np.ndarray]]

@@ -170,14 +170,21 @@ def guarded(items: Iterator[tuple[str, Any]], convert: Callable[[str, Any], Reco
 def jsonl_records(path: str, required: Sequence[str], skip_bad_records: bool = False,
                   optional: Sequence[str] = (), nonempty: Sequence[str] = (),
                   convert: Callable[[str, Record], Record] | None = None,
-                  report: SkipReport = SKIPPED) -> Iterator[Record]:
-    """Validated records of a jsonl file; malformed lines stop the run or are skipped."""
+                  report: SkipReport = SKIPPED, shard: tuple[int, int] = (0, 1)
+                  ) -> Iterator[Record]:
+    """Validated records of a jsonl file; malformed lines stop the run or are skipped.
+
+    shard (index, count): only lines `index`, `index + count`, ... are decoded and parsed
+    (the others are read as bytes and passed over), so each of `count` processes parses
+    its own share of the file."""
+    index, count = shard
 
     def lines() -> Iterator[tuple[str, Any]]:
         # Parse line by line here so that one malformed line can be skipped and reading goes on.
         with open_text(path) as f:
             for number, raw in enumerate(f, start=1):
-                yield f"{path}:{number}", raw
+                if (number - 1) % count == index:
+                    yield f"{path}:{number}", raw
 
     def parse(where: str, raw: bytes) -> Record | None:
         text = decode_utf8(raw, where).strip()

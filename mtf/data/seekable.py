@@ -32,45 +32,57 @@ def supported(provider: seqio.Task | seqio.Mixture) -> bool:
                for task in seqio_tasks.tasks_of(provider))
 
 
-def _cdf(rates: Sequence[float]) -> np.ndarray:
+def mixture_rates(provider: seqio.Task | seqio.Mixture) -> list[float]:
+    """The sampling rate of each of `tasks_of(provider)` (a task alone: 1)."""
+    if isinstance(provider, seqio.Mixture):
+        return [provider.get_rate(t) for t in seqio_tasks.tasks_of(provider)]
+    return [1.0]
+
+
+def cdf_of(rates: Sequence[float]) -> np.ndarray:
     rates = np.asarray(rates, np.float64)
     if (rates < 0).any() or rates.sum() <= 0:
         raise SettingError(f"mixture rates must be non-negative with a positive sum: {rates}")
     return np.cumsum(rates / rates.sum())
 
 
-def _block(cdf: np.ndarray, seed: int, process_index: int, index: int) -> np.ndarray:
+def block_choices(cdf: np.ndarray, seed: int, process_index: int, index: int) -> np.ndarray:
+    """Task indices of block `index` (BLOCK examples) of this process's stream."""
     uniforms = np.random.default_rng([seed, process_index, index]).random(BLOCK)
     return np.minimum(np.searchsorted(cdf, uniforms, side="right"), len(cdf) - 1)
 
 
 def consumed(rates: Sequence[float], seed: int, process_index: int, count: int) -> np.ndarray:
     """How many of the first `count` examples of this process's stream each task gave."""
-    cdf = _cdf(rates)
+    cdf = cdf_of(rates)
     out = np.zeros(len(cdf), np.int64)
     full, rest = divmod(count, BLOCK)
     for index in range(full):
-        out += np.bincount(_block(cdf, seed, process_index, index), minlength=len(cdf))
+        out += np.bincount(block_choices(cdf, seed, process_index, index), minlength=len(cdf))
     if rest:
-        out += np.bincount(_block(cdf, seed, process_index, full)[:rest], minlength=len(cdf))
+        out += np.bincount(block_choices(cdf, seed, process_index, full)[:rest],
+                           minlength=len(cdf))
     return out
 
 
 def choices(rates: Sequence[float], seed: int, process_index: int, start: int) -> Iterator[int]:
     """Task indices of this process's stream from example `start` on."""
-    cdf = _cdf(rates)
+    cdf = cdf_of(rates)
     index, offset = divmod(start, BLOCK)
     while True:
-        yield from _block(cdf, seed, process_index, index)[offset:].tolist()
+        yield from block_choices(cdf, seed, process_index, index)[offset:].tolist()
         index, offset = index + 1, 0
 
 
 def _task_stream(task: seqio.Task, split: str, lengths: Mapping[str, int], seed: int,
                  shuffle_buffer_size: int, skip: int, shard: seqio.ShardInfo
                  ) -> tf.data.Dataset:
-    ds = task.source.get_dataset(split=split, shuffle=False)
-    if shard.num_shards > 1:
-        ds = ds.shard(shard.num_shards, shard.index)
+    if task.source.supports_arbitrary_sharding:  # mtf's sources parse only their share
+        ds = task.source.get_dataset(split=split, shuffle=False, shard_info=shard)
+    else:
+        ds = task.source.get_dataset(split=split, shuffle=False)
+        if shard.num_shards > 1:
+            ds = ds.shard(shard.num_shards, shard.index)
     ds = ds.repeat().shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     ds = ds.skip(skip)
     ds = task.preprocess_precache(ds, seed=seed)
@@ -85,8 +97,7 @@ def examples(provider: seqio.Task | seqio.Mixture, split: str, lengths: Mapping[
              ) -> tf.data.Dataset:
     """This process's mixture stream of task examples, from its example `start` on."""
     tasks = seqio_tasks.tasks_of(provider)
-    rates = ([provider.get_rate(t) for t in tasks] if isinstance(provider, seqio.Mixture)
-             else [1.0])
+    rates = mixture_rates(provider)
     skips = consumed(rates, seed, shard.index, start)
     streams = [_task_stream(t, split, lengths,
                             zlib.crc32(f"{seed}:{t.name}:{shard.index}".encode()) & 0x7FFFFFFF,

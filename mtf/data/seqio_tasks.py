@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import seqio
@@ -116,37 +116,74 @@ def choice_examples(examples: Iterable[Mapping[str, Any]], name: str) -> Iterabl
                "language_id": languages.language_id(e["language"]), "split": "validation"}
 
 
-def examples_source(examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
-                    validation_fraction: float = 0.05, splits: Sequence[str] = SPLITS,
-                    in_memory: bool = False, choices: bool = False
-                    ) -> seqio.FunctionDataSource:
-    """A seqio source over `examples_fn()`; a record's `split` field wins, else carved.
+Shard = tuple[int, int]  # (index, count): this process's share of a task's records
 
+
+class RecordSource(seqio.DataSource):
+    """A seqio source over `examples_fn`; a record's `split` field wins, else carved.
+
+    sharded_reader: `examples_fn(shard)` reads and parses only its share of the records
+    (xP3's jsonl files: see `records.jsonl_records`); otherwise every record is generated
+    and the split's examples are dealt out by position (small and in-memory tasks).
     in_memory: build the split's examples once into tensors (fast, for small tasks such as
     the mini-xP3); otherwise stream them through a Python generator (any size).
+    files: the record files the task reads (named in a token cache's manifest, so a cache
+    built from other contents is refused).
     """
 
-    if in_memory and choices:
-        raise SettingError("rank-classification tasks stream (their answer lists are ragged); "
-                           "register them with in_memory=False")
-    signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
+    def __init__(self, examples_fn: Callable[..., Iterable[Mapping[str, Any]]],
+                 validation_fraction: float = 0.05, splits: Sequence[str] = SPLITS,
+                 in_memory: bool = False, choices: bool = False, sharded_reader: bool = False,
+                 files: Callable[[], Sequence[str]] | Sequence[str] = ()) -> None:
+        if in_memory and choices:
+            raise SettingError("rank-classification tasks stream (their answer lists are "
+                               "ragged); register them with in_memory=False")
+        super().__init__(splits=list(splits))
+        self._examples_fn = examples_fn
+        self._validation_fraction = validation_fraction
+        self._in_memory = in_memory
+        self._sharded_reader = sharded_reader
+        self._files = files
+        self.signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
 
-    def generate(split: str):
-        for example in examples_fn():
-            if split_of(example, validation_fraction) == split:
-                yield {k: example[k] for k in signature}
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one stream per task; shuffling happens after sharding
-        if in_memory:
-            rows = list(generate(split))
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
+
+    def files(self) -> list[str]:
+        return list(self._files() if callable(self._files) else self._files)
+
+    def examples(self, split: str, shard: Shard = (0, 1)) -> Iterator[dict[str, Any]]:
+        """This shard's examples of `split`, as Python values (the signature's fields)."""
+        index, count = shard
+        if self._sharded_reader:
+            stream = self._examples_fn(shard)
+        else:
+            stream = self._examples_fn()
+        position = 0
+        for example in stream:
+            if split_of(example, self._validation_fraction) != split:
+                continue
+            if self._sharded_reader or position % count == index:
+                yield {k: example[k] for k in self.signature}
+            position += 1
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True,
+                    seed: int | None = None, shard_info: seqio.ShardInfo | None = None,
+                    *, sequence_length: Mapping[str, int] | None = None,
+                    use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+        del shuffle, seed, sequence_length, use_cached, num_epochs  # shuffled downstream
+        shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+        if self._in_memory:
+            rows = list(self.examples(split, shard))
             return tf.data.Dataset.from_tensor_slices(
                 {k: tf.constant([r[k] for r in rows], dtype=spec.dtype, shape=(len(rows),))
-                 for k, spec in signature.items()})
+                 for k, spec in self.signature.items()})
         return tf.data.Dataset.from_generator(
-            functools.partial(generate, split), output_signature=signature)
-
-    return seqio.FunctionDataSource(dataset_fn, splits=list(splits))
+            functools.partial(self.examples, split, shard), output_signature=self.signature)
 
 
 @seqio.map_over_dataset
@@ -159,21 +196,25 @@ def add_metadata(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return out
 
 
-def register_task(name: str, examples_fn: Callable[[], Iterable[Mapping[str, Any]]],
+def register_task(name: str, examples_fn: Callable[..., Iterable[Mapping[str, Any]]],
                   vocabulary: seqio.Vocabulary, validation_fraction: float = 0.05,
                   metric_fns: Sequence[Callable] = (), replace: bool = True,
-                  in_memory: bool = False, choices: bool = False) -> seqio.Task:
+                  in_memory: bool = False, choices: bool = False,
+                  sharded_reader: bool = False,
+                  files: Callable[[], Sequence[str]] | Sequence[str] = ()) -> seqio.Task:
     """Registers a seqio Task over prompted examples (tokenised, EOS, per-token metadata).
 
     choices: the examples are rank-classification ones (`answer_choices`, `label`, see
-    `choice_examples`), kept as features for scoring every choice.
+    `choice_examples`), kept as features for scoring every choice. sharded_reader, files:
+    see `RecordSource`.
     """
     if replace and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     splits = ("validation",) if validation_fraction >= 1.0 else SPLITS
     return seqio.TaskRegistry.add(
         name,
-        source=examples_source(examples_fn, validation_fraction, splits, in_memory, choices),
+        source=RecordSource(examples_fn, validation_fraction, splits, in_memory, choices,
+                            sharded_reader, files),
         preprocessors=[
             seqio.preprocessors.tokenize,
             seqio.preprocessors.append_eos_after_trim,

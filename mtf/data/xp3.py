@@ -51,8 +51,10 @@ def language_files(folder: str, language: str) -> list[str]:
 
 
 def read(files: list[str], skip_bad_records: bool = False,
-         report: records.SkipReport = records.SKIPPED) -> Iterator[dict]:
-    """Validated records of `files`, each tagged with `_where` (file:line) for later errors."""
+         report: records.SkipReport = records.SKIPPED, shard: tuple[int, int] = (0, 1)
+         ) -> Iterator[dict]:
+    """Validated records of `files`, each tagged with `_where` (file:line) for later errors;
+    with `shard` (index, count) only that share of each file's lines is parsed."""
 
     def tag(where: str, record: dict) -> dict:
         if "language" in record:
@@ -64,7 +66,8 @@ def read(files: list[str], skip_bad_records: bool = False,
 
     for path in files:
         yield from records.jsonl_records(path, REQUIRED, skip_bad_records, OPTIONAL,
-                                         nonempty=("targets",), convert=tag, report=report)
+                                         nonempty=("targets",), convert=tag, report=report,
+                                         shard=shard)
 
 
 @functools.cache

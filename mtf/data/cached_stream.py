@@ -1,0 +1,201 @@
+"""Batches from a token cache through Grain: what the trainer reads when DATA_CACHE_DIR is set.
+
+Each task's share of the cache (this process's contiguous slice, see
+`token_cache.share`) is shuffled per epoch by Grain's index shuffle, and the mixture draws
+its tasks with the seeded blocks the uncached stream uses (`seekable.block_choices`), so
+the k-th example of a process's stream is found without reading any example before it.
+Unpacked batches resume at batch N by starting at example N x batch. Packed batches go
+through Grain's first-fit packer, whose state (where its packing window began in the
+example stream, how many of the window's rows were used) is saved with each checkpoint;
+resuming re-packs that one window.
+
+The task features -> model features step is seqio's EncDecFeatureConverter (plus mtf's
+per-token ids) written in numpy, since seqio's runs on tf.data only; tests hold the two
+equal.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import sys
+import threading
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import seqio
+
+from mtf.data import seekable, seqio_tasks, token_cache
+
+_IDS = ("targets_language", "targets_task")
+# Threads that read and decode batches ahead of the trainer (reads release the GIL).
+READ_THREADS = 4
+PREFETCH_BATCHES = 8
+
+
+class MixtureSelection(grain.transforms.DatasetSelectionMap):
+    """Example index -> (task, index in that task's stream), from the seeded blocks of
+    `seekable`: the same task sequence the uncached stream draws, at any index in O(1)
+    reads (block counts are sums of random draws, computed once and kept)."""
+
+    def __init__(self, rates: Sequence[float], seed: int, process_index: int) -> None:
+        self._cdf = seekable.cdf_of(rates)
+        self._seed, self._process = seed, process_index
+        self._starts = {0: np.zeros(len(self._cdf), np.int64)}  # block -> examples before it
+        self._blocks: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = (
+            collections.OrderedDict())
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def _choices(self, block: int) -> np.ndarray:
+        return seekable.block_choices(self._cdf, self._seed, self._process, block)
+
+    def _start(self, block: int) -> np.ndarray:
+        known = max(b for b in self._starts if b <= block)
+        counts = self._starts[known]
+        for b in range(known, block):
+            counts = counts + np.bincount(self._choices(b), minlength=len(self._cdf))
+            self._starts[b + 1] = counts
+        return counts
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's task choices and each example's index in its task's stream."""
+        if block in self._blocks:
+            self._blocks.move_to_end(block)
+            return self._blocks[block]
+        picks = self._choices(block)
+        order = np.argsort(picks, kind="stable")
+        first = np.searchsorted(picks[order], np.arange(len(self._cdf)))
+        ranks = np.empty_like(order)
+        ranks[order] = np.arange(len(picks)) - first[picks[order]]
+        found = (picks, self._start(block)[picks] + ranks)
+        self._blocks[block] = found
+        if len(self._blocks) > 4:
+            self._blocks.popitem(last=False)
+        return found
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        block, offset = divmod(index, seekable.BLOCK)
+        with self._lock:
+            picks, positions = self._block(block)
+        return int(picks[offset]), int(positions[offset])
+
+
+def _example(lengths: Mapping[str, int], eos: Mapping[str, int], cached: dict[str, Any]
+             ) -> dict[str, np.ndarray]:
+    """A cached example as seqio's task features: cut to the run's length less one, EOS
+    appended (`append_eos_after_trim`), per-token language and task ids beside the targets."""
+    out = {k: np.append(cached[k][:lengths[k] - 1], np.int32(eos[k])).astype(np.int32)
+           for k in token_cache.FEATURES}
+    size = len(out["targets"])
+    out["targets_language"] = np.full(size, cached["language_id"], np.int32)
+    out["targets_task"] = np.full(size, cached["task_id"], np.int32)
+    return out
+
+
+def _shifted(targets: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
+    """seqio's autoregressive inputs: targets shifted right, 0 where a segment starts."""
+    out = np.zeros_like(targets)
+    out[:, 1:] = targets[:, :-1]
+    if segments is not None:
+        previous = np.zeros_like(segments)
+        previous[:, 1:] = segments[:, :-1]
+        out *= segments == previous
+    return out
+
+
+def unpacked_features(lengths: Mapping[str, int], examples: Sequence[dict[str, np.ndarray]]
+                      ) -> dict[str, np.ndarray]:
+    """seqio's EncDecFeatureConverter(pack=False) with mtf's per-token ids, for a batch."""
+    rows = len(examples)
+    padded = {k: np.zeros((rows, lengths["targets" if k in _IDS else k]), np.int32)
+              for k in (*token_cache.FEATURES, *_IDS)}
+    for row, example in enumerate(examples):
+        for key, array in padded.items():
+            array[row, :len(example[key])] = example[key]
+    targets = padded["targets"]
+    return {"encoder_input_tokens": padded["inputs"], "decoder_target_tokens": targets,
+            "decoder_input_tokens": _shifted(targets),
+            "decoder_loss_weights": (targets > 0).astype(np.int32),
+            "decoder_language": padded["targets_language"],
+            "decoder_task": padded["targets_task"]}
+
+
+def packed_features(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Grain's packed rows as seqio's EncDecFeatureConverter(pack=True) gives them."""
+    stacked = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+    targets, segments = stacked["targets"], stacked["targets_segment_ids"]
+    return {"encoder_input_tokens": stacked["inputs"],
+            "encoder_segment_ids": stacked["inputs_segment_ids"],
+            "encoder_positions": stacked["inputs_positions"],
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": _shifted(targets, segments),
+            "decoder_loss_weights": (targets > 0).astype(np.int32),
+            "decoder_segment_ids": segments,
+            "decoder_positions": stacked["targets_positions"],
+            "decoder_language": stacked["targets_language"],
+            "decoder_task": stacked["targets_task"]}
+
+
+def task_seed(seed: int, task_name: str, process_index: int) -> int:
+    return zlib.crc32(f"{seed}:{task_name}:{process_index}".encode()) & 0x7FFFFFFF
+
+
+def examples(cache: token_cache.TokenCache, provider: seqio.Task | seqio.Mixture,
+             lengths: Mapping[str, int], seed: int, process_index: int, process_count: int
+             ) -> grain.MapDataset:
+    """This process's endless, randomly accessible stream of task examples."""
+    tasks = seqio_tasks.tasks_of(provider)
+    parents = [grain.MapDataset.source(cache.source(t.name, process_index, process_count))
+               .shuffle(seed=task_seed(seed, t.name, process_index)) for t in tasks]
+    eos = {k: tasks[0].output_features[k].vocabulary.eos_id for k in token_cache.FEATURES}
+    selection = MixtureSelection(seekable.mixture_rates(provider), seed, process_index)
+    return grain.MapDataset.select_from_datasets(parents, selection).map(
+        functools.partial(_example, lengths, eos))
+
+
+class CachedBatches(Iterator[dict[str, np.ndarray]]):
+    """This process's batches; `state()` is what a checkpoint keeps to resume it exactly."""
+
+    def __init__(self, cache: token_cache.TokenCache, provider: seqio.Task | seqio.Mixture,
+                 lengths: Mapping[str, int], pack: bool, seed: int, local_batch: int,
+                 position: int, process_index: int, process_count: int,
+                 state: dict[str, Any] | None = None) -> None:
+        stream = examples(cache, provider, lengths, seed, process_index, process_count)
+        options = grain.ReadOptions(num_threads=READ_THREADS,
+                                    prefetch_buffer_size=PREFETCH_BATCHES)
+        self.pack = pack
+        if not pack:
+            batched = stream.batch(local_batch, drop_remainder=True,
+                                   batch_fn=functools.partial(unpacked_features, lengths))
+            self._iterator = iter(batched.slice(slice(position, None)).to_iter_dataset(options))
+            return
+        options = grain.ReadOptions(num_threads=READ_THREADS,
+                                    prefetch_buffer_size=PREFETCH_BATCHES * local_batch)
+        packed = grain.experimental.FirstFitPackIterDataset(
+            stream.to_iter_dataset(options),
+            length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
+                           **{k: lengths["targets"] for k in _IDS}},
+            num_packing_bins=local_batch, shuffle_bins=False)
+        self._iterator = iter(packed.batch(local_batch, drop_remainder=True,
+                                           batch_fn=packed_features))
+        if state is not None:
+            self._iterator.set_state(state)
+        elif position:
+            logging.warning("no packing state saved for this process's cached stream: "
+                            "replaying %d batches to reach the position", position)
+            for _ in range(position):
+                next(self._iterator)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def state(self) -> dict[str, Any] | None:
+        """Packed: the packer's state (unpacked streams resume from the batch count)."""
+        return self._iterator.get_state() if self.pack else None
