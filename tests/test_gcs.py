@@ -153,3 +153,36 @@ def test_unreadable_vocabulary_names_mtf_vocabulary(gcs, tmp_path):
     assert result.returncode == 1
     assert "MTF_VOCABULARY=/path/to/sentencepiece.model" in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-4000:]
+
+
+def test_token_cache_built_and_read_on_gs(gcs, tmp_path):
+    """`python -m mtf.tasks cache` writes a cache to gs:// from gs:// records (two worker
+    processes, resumable), and the trainer's stream reads it back (`mtf.bench input`)."""
+    environment = {**gs_env(gcs, tmp_path), "XP3_DIR": "gs://bucket/xp3"}
+    command = [sys.executable, "-m", "mtf.tasks", "cache", "--mixture", "xp3", "--output",
+               "gs://bucket/xp3_cache", "--inputs", "32", "--targets", "16", "--workers", "2"]
+    built = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    summary = json.loads(built.stdout.splitlines()[-1])
+    assert summary["tasks"] == 2 and summary["shards"] == 2
+    assert 480 <= summary["examples"] < 500  # the train split of 300 + 200 records
+    names = gcs.names("bucket", "xp3_cache/")
+    assert "xp3_cache/manifest.json" in names
+    assert "xp3_cache/xp3_sw/00001-of-00002.array_record" in names
+    again = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "4 of this process's 4 shards already built" in again.stdout
+
+    bench = subprocess.run(
+        [sys.executable, "-m", "mtf.bench", "input", "--gin_file=gin/mt0_tiny.gin",
+         "--gin.MIXTURE_OR_TASK_NAME='xp3'", "--gin.XP3_DIR='gs://bucket/xp3'",
+         "--gin.DATA_CACHE_DIR='gs://bucket/xp3_cache'", "--gin.PACK=False",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--batches", "3",
+         "--resume_step", "1000"], cwd=REPO, env=environment, capture_output=True, text=True,
+        timeout=600)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    result = json.loads(bench.stdout.splitlines()[-1])
+    assert result["cache"] == "gs://bucket/xp3_cache" and result["examples_per_batch"] == 16
+    assert result["resume_step"] == 1000 and result["examples_per_s"] > 0
+    assert result["cache_build_s"] is not None

@@ -1,7 +1,9 @@
 """Runs that survive faults: kill -9, SIGTERM, NaN loss, half-written checkpoints."""
 
+import json
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -216,3 +218,46 @@ def test_lora_on_a_trained_tiny_model_learns_resumes_after_kill_9_and_merges(uni
               for args in (["--checkpoint", str(base), "--adapter", str(reference_dir)],
                            ["--checkpoint", str(tmp_path / "merged")])]
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
+
+
+def test_cached_runs_resume_exactly_packed_after_kill_9_and_unpacked(tmp_path):
+    """DATA_CACHE_DIR: a packed run killed with -9 resumes from the packer state saved with
+    its checkpoint, an unpacked one from its batch count; both see the uninterrupted losses."""
+    from tests.test_token_cache import build
+
+    cache = tmp_path / "cache"
+    build(cache, "mini_xp3", lengths={"inputs": 32, "targets": 16}, count=1)
+    cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "30"}
+    reference = run(tmp_path / "reference", **cached)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = last_losses(tmp_path / "reference")
+    killed = tmp_path / "killed"
+    process = start(killed, **cached)
+    committed = killed / "checkpoints" / "5" / "commit_success.txt"
+    deadline = time.time() + 300
+    while not committed.exists():  # the kill lands after a checkpoint, mid-run
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run(killed, **cached)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_from = int(re.search(r"resumed from step (\d+)", result.stdout)[1])
+    assert 5 <= resumed_from < 30
+    resumed = last_losses(killed)
+    np.testing.assert_allclose([resumed[s] for s in range(resumed_from + 1, 31)],
+                               [expected[s] for s in range(resumed_from + 1, 31)], rtol=1e-6)
+    saved = json.loads((killed / "checkpoints" / "5" / "data" / "metadata").read_text())
+    assert saved["cache"] == str(cache) and len(saved["streams"]) == 1
+
+    unpacked = {**cached, "PACK": "False", "TRAIN_STEPS": "8", "CHECKPOINT_PERIOD": "4"}
+    reference = run(tmp_path / "unpacked_reference", **unpacked)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    first = run(tmp_path / "unpacked", **{**unpacked, "TRAIN_STEPS": "4"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(tmp_path / "unpacked", **unpacked)
+    assert second.returncode == 0 and "resumed from step 4" in second.stdout
+    expected, resumed = last_losses(tmp_path / "unpacked_reference"), last_losses(
+        tmp_path / "unpacked")
+    np.testing.assert_allclose([resumed[s] for s in range(5, 9)],
+                               [expected[s] for s in range(5, 9)], rtol=1e-6)
