@@ -10,18 +10,28 @@
 #   launch/tpu_vm.sh [--dry-run] logs   --name NAME --zone ZONE [--worker 0] [--project ID]
 #   launch/tpu_vm.sh [--dry-run] stop   --name NAME --zone ZONE [--project ID]
 #   launch/tpu_vm.sh [--dry-run] delete --name NAME --zone ZONE [--queued] [--project ID]
+#   launch/tpu_vm.sh --help
 #
 # `run` starts the same `python -m mtf.launch` on every worker, detached from the ssh
 # session (it survives a dropped connection), writes ~/mtf-run.log on each worker and
 # streams worker output until the run ends. `stop` sends SIGTERM: mtf saves a checkpoint
-# and exits, and `run` again resumes from it. --dry-run prints the exact commands instead.
+# and exits, and `run` again resumes from it. --dry-run (before or after the verb) prints
+# the exact commands instead.
 set -euo pipefail
+
+help() {
+  sed -n '2,19p' "$0"
+  exit 0
+}
 
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then
   DRY_RUN=1
   shift
 fi
+case "${1:-}" in
+  -h|--help) help ;;
+esac
 COMMAND=${1:-}
 shift || true
 
@@ -32,7 +42,7 @@ BINDINGS=()
 LOG="\"\$HOME\"/mtf-run.log"  # expanded by the worker's shell
 
 usage() {
-  sed -n '2,17p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
 }
 
@@ -56,6 +66,8 @@ while [[ $# -gt 0 ]]; do
     --env) [[ "${2:-}" == *=* ]] || die "--env takes NAME=VALUE, got '${2:-}'"
            ENVS+=("$2"); shift 2 ;;
     --worker) WORKER=${2:?--worker needs a value}; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) help ;;
     --) shift; BINDINGS=("$@"); break ;;
     *) die "unknown option '$1' (bindings for mtf.launch go after --)" ;;
   esac

@@ -444,7 +444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = plan(slice_, how, cost=not args.no_cost)
+    from mtf.errors import UserError
+
+    try:
+        report = plan(slice_, how, cost=not args.no_cost)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_report(report), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,19 @@ def check_kernels_run_on(mesh: Mesh, model_config: T5Config, loss: step.LossConf
             "(the gin files for TPU slices, e.g. gin/mt0_small.gin, set the TPU kernels)")
 
 
+def check_batch_splits(batch_size: int, batch_spec: NamedSharding) -> None:
+    """BATCH_SIZE must split evenly over the devices the batch is sharded on: say so with
+    the mesh, rather than with jax's IndivisibleError from inside tracing."""
+    axes = batch_spec.spec[0] or ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    ways = math.prod(batch_spec.mesh.shape[a] for a in axes)
+    if batch_size % ways:
+        raise SettingError(
+            f"BATCH_SIZE={batch_size} does not split over the {ways} devices the batch is "
+            f"sharded on ({' x '.join(axes)} of the mesh {dict(batch_spec.mesh.shape)}); "
+            f"choose a multiple of {ways}, or change MESH_SHAPE")
+
+
 def train_program(model_config: T5Config, optimizer: optax.GradientTransformation,
                   mesh: Mesh, batch_size: int, lengths: Mapping[str, int], pack: bool,
                   loss: step.LossConfig, num_microbatches: int = 1,
@@ -97,6 +111,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
     check_kernels_run_on(mesh, model_config, loss)
     abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
     batch_spec = partitioning.batch_sharding(mesh)
+    check_batch_splits(batch_size, batch_spec)
     replicated = NamedSharding(mesh, PartitionSpec())
     step_fn = functools.partial(step.train_step, config=model_config, optimizer=optimizer,
                                 loss=loss, num_microbatches=num_microbatches,

@@ -83,6 +83,19 @@ def shellcheck_script(script: str) -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_tpu_vm_help_and_dry_run_after_the_verb_as_a_new_user_types_them():
+    for args in (["--help"], ["create", "--help"], ["-h"]):
+        shown = subprocess.run(["bash", str(TPU_VM), *args], capture_output=True, text=True)
+        assert shown.returncode == 0 and "launch/tpu_vm.sh [--dry-run] create" in shown.stdout
+        assert "required" not in shown.stderr
+    after = subprocess.run(["bash", str(TPU_VM), "stop", "--name", "mt0", "--zone", "z",
+                            "--dry-run"], capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    before = subprocess.run(["bash", str(TPU_VM), "--dry-run", "stop", "--name", "mt0",
+                             "--zone", "z"], capture_output=True, text=True)
+    assert after.stdout == before.stdout and after.stdout.startswith("gcloud ")
+
+
 def test_tpu_vm_setup_checks_out_the_commit_on_every_worker():
     script = worker_script(dry_run("setup", "--name", "mt0", "--zone", "z", "--repo",
                                    "https://example.org/mtf.git", "--commit", "0123abc"))

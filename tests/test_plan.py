@@ -95,6 +95,16 @@ def test_mt0_small_on_v4_8_does_not_fit_and_says_what_to_change(tmp_path):
                                               "TPU_WORKER_HOSTNAMES")), done.stderr[-2000:]
 
 
+def test_a_batch_that_does_not_split_over_the_mesh_is_one_line(tmp_path):
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=v4-8",
+                        "--gin.BATCH_SIZE=7")
+    assert done.returncode == 1 and report is None
+    assert done.stderr.strip() == (
+        "error: BATCH_SIZE=7 does not split over the 4 devices the batch is sharded on (data "
+        "x fsdp of the mesh {'data': 4, 'fsdp': 1, 'model': 1}); choose a multiple of 4, or "
+        "change MESH_SHAPE")
+
+
 def test_loop_free_cost_extends_to_the_full_depth_exactly(tmp_path):
     """FLOPs/traffic extended from depths 1-2 equal a full unscanned, unrolled compile."""
     code = """
