@@ -176,15 +176,17 @@ class CachedBatches(Iterator[dict[str, np.ndarray]]):
                                    batch_fn=functools.partial(unpacked_features, lengths))
             self._iterator = iter(batched.slice(slice(position, None)).to_iter_dataset(options))
             return
-        options = grain.ReadOptions(num_threads=READ_THREADS,
-                                    prefetch_buffer_size=PREFETCH_BATCHES * local_batch)
+        # Examples are read in order here (a read is ~0.1 ms; Grain's per-element thread
+        # prefetch would cost more in bookkeeping), packed, then whole batches are made
+        # ahead in a thread; the state is that of the last batch handed out.
         packed = grain.experimental.FirstFitPackIterDataset(
-            stream.to_iter_dataset(options),
+            stream.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)),
             length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
                            **{k: lengths["targets"] for k in _IDS}},
             num_packing_bins=local_batch, shuffle_bins=False)
-        self._iterator = iter(packed.batch(local_batch, drop_remainder=True,
-                                           batch_fn=packed_features))
+        self._iterator = iter(grain.experimental.ThreadPrefetchIterDataset(
+            packed.batch(local_batch, drop_remainder=True, batch_fn=packed_features),
+            prefetch_buffer_size=PREFETCH_BATCHES))
         if state is not None:
             self._iterator.set_state(state)
         elif position:
