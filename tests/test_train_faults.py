@@ -227,7 +227,7 @@ def test_cached_runs_resume_exactly_packed_after_kill_9_and_unpacked(tmp_path):
 
     cache = tmp_path / "cache"
     build(cache, "mini_xp3", lengths={"inputs": 32, "targets": 16}, count=1)
-    cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "30"}
+    cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "60"}  # the kill lands mid-run
     reference = run(tmp_path / "reference", **cached)
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = last_losses(tmp_path / "reference")
@@ -243,10 +243,10 @@ def test_cached_runs_resume_exactly_packed_after_kill_9_and_unpacked(tmp_path):
     result = run(killed, **cached)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_from = int(re.search(r"resumed from step (\d+)", result.stdout)[1])
-    assert 5 <= resumed_from < 30
+    assert 5 <= resumed_from < 60
     resumed = last_losses(killed)
-    np.testing.assert_allclose([resumed[s] for s in range(resumed_from + 1, 31)],
-                               [expected[s] for s in range(resumed_from + 1, 31)], rtol=1e-6)
+    np.testing.assert_allclose([resumed[s] for s in range(resumed_from + 1, 61)],
+                               [expected[s] for s in range(resumed_from + 1, 61)], rtol=1e-6)
     saved = json.loads((killed / "checkpoints" / "5" / "data" / "metadata").read_text())
     assert saved["cache"] == str(cache) and len(saved["streams"]) == 1
 
