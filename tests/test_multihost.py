@@ -65,3 +65,38 @@ def test_a_dead_host_makes_the_other_exit_with_an_error(tmp_path):
     assert hosts[0].returncode != 0
     assert time.time() - start < 120
     assert "another host died" in err or "heartbeat" in err or "task died" in err, err[-2000:]
+
+
+def test_two_hosts_resume_a_packed_cached_run_from_both_packer_states(tmp_path):
+    """DATA_CACHE_DIR, packed: each host's packer state is gathered into the checkpoint,
+    and two hosts resumed from step 10 log the uninterrupted run's losses."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from tests.test_token_cache import build
+    from tests.train_helpers import last_losses
+
+    cache = tmp_path / "cache"
+    build(cache, "mini_xp3", lengths={"inputs": 32, "targets": 16}, count=1)
+    cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "14", "LOG_PERIOD": "1"}
+    reference = tmp_path / "reference"
+    hosts = start_hosts(reference, **cached)
+    for h in hosts:
+        _, err = h.communicate(timeout=600)
+        assert h.returncode == 0, err[-3000:]
+    saved = json.loads((reference / "checkpoints" / "10" / "data" / "metadata").read_text())
+    assert len(saved["streams"]) == 2 and all(isinstance(s, dict) for s in saved["streams"])
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "14")
+    hosts = start_hosts(resumed, **cached)
+    outputs = [h.communicate(timeout=600) for h in hosts]
+    for h, (_, err) in zip(hosts, outputs, strict=True):
+        assert h.returncode == 0, err[-3000:]
+    assert "resumed from step 10" in outputs[0][0]
+    assert not any("replaying" in err for _, err in outputs)  # each host's own state
+    expected, got = last_losses(reference), last_losses(resumed)
+    np.testing.assert_allclose([got[s] for s in range(11, 15)],
+                               [expected[s] for s in range(11, 15)], rtol=1e-6)

@@ -243,7 +243,7 @@ def test_cached_runs_resume_exactly_packed_after_kill_9_and_unpacked(tmp_path):
     result = run(killed, **cached)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_from = int(re.search(r"resumed from step (\d+)", result.stdout)[1])
-    assert 5 <= resumed_from < 60
+    assert 5 <= resumed_from < 60 and "replaying" not in result.stderr  # the saved state
     resumed = last_losses(killed)
     np.testing.assert_allclose([resumed[s] for s in range(resumed_from + 1, 61)],
                                [expected[s] for s in range(resumed_from + 1, 61)], rtol=1e-6)
