@@ -310,9 +310,7 @@ class CachedSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             return decode(self._records[index])
-        except CacheError as e:
-            raise self._failed(e) from None
-        except Exception as e:  # riegeli reports damaged chunks as several error types
+        except Exception as e:  # a bad header, or riegeli's damaged-chunk errors (several types)
             raise self._failed(e) from None
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
