@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mtf import cli
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES
 
@@ -282,13 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lora_rank", type=int, default=0,
                    help="train LoRA adapters of this rank (alpha 2 x rank, PEFT's default "
                    "targets) on a frozen base, and report full finetuning beside it")
-    p.add_argument("--verbose", action="store_true",
-                   help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    cli.add_verbose(p)
     d = sub.add_parser("decode", help="greedy decoding and rank-classification speed")
     _shape_arguments(d)
     d.add_argument("--choices", type=int, default=4)
     d.add_argument("--repeats", type=int, default=3)
-    d.add_argument("--verbose", action="store_true")
+    cli.add_verbose(d)
     i = sub.add_parser("input", help="the input stream's speed, first batch and resume time")
     i.add_argument("--gin_file", action="append", default=[], required=True)
     i.add_argument("--resume_step", type=int, default=0,
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("--batches", type=int, default=30, help="batches timed")
     i.add_argument("--step_s", type=float, default=0.0,
                    help="the step time (mtf.plan) to compare the input rate with")
-    i.add_argument("--verbose", action="store_true")
+    cli.add_verbose(i)
     args, rest = parser.parse_known_args(argv)
     bindings: list[str] = []
     if args.command == "input":
@@ -308,21 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest = unknown
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from mtf import quiet
 
-    quiet.start(args.verbose)
-    from mtf.errors import UserError
-
-    try:
+    def command() -> int:
         if args.command == "input":
             result = input_bench(args, bindings, started)
         else:
             result = train_bench(args) if args.command == "train" else decode_bench(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+        print(json.dumps(result))
+        return 0
+
+    return cli.run(args.verbose, command)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mtf.errors import SettingError, UserError
+from mtf import cli
+from mtf.errors import SettingError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--output_file", help="jsonl written back with the answers")
         p.add_argument("--batch_size", type=int, default=16)
         p.add_argument("--max_input_length", type=int, default=512)
-        p.add_argument("--verbose", action="store_true")
+        cli.add_verbose(p)
         if name == "generate":
             p.add_argument("--max_decode_length", type=int, default=64)
             p.add_argument("--beam_size", type=int, default=1)
@@ -199,16 +200,9 @@ def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = _parser().parse_args(argv)
-    from mtf import quiet
-
-    quiet.start(args.verbose)
-    try:
-        return generate(args) if args.command == "generate" else score(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return cli.run(args.verbose,
+                   lambda: generate(args) if args.command == "generate" else score(args))
 
 
 if __name__ == "__main__":

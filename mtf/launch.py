@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mtf import cli
+
 DEFAULT_GIN_FILE = "gin/mt0_tiny.gin"
 
 
@@ -30,8 +32,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--process_id", type=int,
                         default=int(os.environ["MTF_PROCESS_ID"])
                         if "MTF_PROCESS_ID" in os.environ else None)
-    parser.add_argument("--verbose", action="store_true",
-                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    cli.add_verbose(parser)
     parser.add_argument("--heartbeat_timeout", type=int,
                         default=int(os.environ.get("MTF_HEARTBEAT_TIMEOUT", "100")),
                         help="seconds after which a silent host fails the others")
@@ -69,37 +70,27 @@ def init_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
 
 
-def _message(error: Exception) -> str:
-    """The error's own message, without the "In call to configurable" lines gin appends."""
-    return str(error).split("\n  In call to configurable")[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     init_distributed(args)
-    from mtf import quiet
+    return cli.run(args.verbose, lambda: _launch(args, bindings))
 
-    quiet.start(args.verbose)
+
+def _launch(args: argparse.Namespace, bindings: list[str]) -> int:
     from mtf import config, runs, train  # after the flags: importing jax/seqio is slow
-    from mtf.errors import UserError
 
     try:
         config.parse(args.gin_file, bindings)
     except config.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(e, 2)
     import gin
 
     try:
         config.register_xp3_from_gin()
         gin.get_configurable(runs.run)()
     except train.NonFiniteLossError as e:
-        print(f"error: {_message(e)}", file=sys.stderr)
-        return 3
-    except UserError as e:  # mtf's own: the message names the fix; anything else: traceback
-        print(f"error: {_message(e)}", file=sys.stderr)
-        return 1
+        return cli.fail(e, 3)
     except Exception as e:
         import jax
 
@@ -112,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
             sys.stdout.flush()
             os._exit(4)
-        raise
+        raise  # a UserError is printed as one line by cli.run; anything else: traceback
     return 0
 
 

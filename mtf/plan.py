@@ -30,12 +30,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mtf import hardware
+from mtf import cli, hardware
 
 GIB = hardware.GIB
-
-
-_QUIET = False  # the CLI without --verbose drops libtpu's start-up lines
 
 
 def _environment(slice_: hardware.Slice) -> str:
@@ -271,8 +268,10 @@ def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: 
     return tips
 
 
-def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
-    """The report of the train step that the parsed gin configuration compiles to."""
+def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = True
+         ) -> dict[str, Any]:
+    """The report of the train step that the parsed gin configuration compiles to
+    (`verbose`=False drops libtpu's start-up lines)."""
     import jax
 
     from mtf import flops, partitioning, train
@@ -281,7 +280,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True) -> dict[str, Any]:
     arguments = train_arguments()
     from mtf import quiet
 
-    with quiet.native_stderr_silenced(_QUIET):  # libtpu's notes on worker hostnames
+    with quiet.native_stderr_silenced(not verbose):  # libtpu's notes on worker hostnames
         devices = _devices(slice_, how)
     mesh = partitioning.make_mesh(arguments["mesh_shape"], devices)
     program, _ = train.step_program(mesh, **arguments)
@@ -419,8 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min_headroom", type=float, default=0.0,
                         help="exit 1 unless this fraction of HBM is left (0.15: 15%%)")
     parser.add_argument("--json", help="also write the report to this file")
-    parser.add_argument("--verbose", action="store_true",
-                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    cli.add_verbose(parser)
     from mtf.config import split_gin_flags
 
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -432,25 +430,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     how = _environment(slice_)
-    from mtf import config, quiet
+    return cli.run(args.verbose, lambda: _plan_command(args, slice_, how, bindings))
 
-    quiet.start(args.verbose)
-    global _QUIET
-    _QUIET = not args.verbose
+
+def _plan_command(args: argparse.Namespace, slice_: hardware.Slice, how: str,
+                  bindings: list[str]) -> int:
+    from mtf import config
 
     try:
         # nothing is written: a run directory is not needed to plan
         config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-plan"] + bindings)
     except config.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from mtf.errors import UserError
-
-    try:
-        report = plan(slice_, how, cost=not args.no_cost)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(e, 2)
+    report = plan(slice_, how, cost=not args.no_cost, verbose=args.verbose)
     print(format_report(report), flush=True)
     if args.json:
         with open(args.json, "w") as f:

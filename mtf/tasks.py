@@ -22,6 +22,9 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
+from mtf import cli
+from mtf.errors import SettingError
+
 
 def _provider(name: str):
     import seqio
@@ -30,8 +33,8 @@ def _provider(name: str):
         return seqio.get_mixture_or_task(name)
     except ValueError:
         known = sorted(seqio.TaskRegistry.names() | seqio.MixtureRegistry.names())
-        raise SystemExit(f"error: no task or mixture named {name!r}; `python -m mtf.tasks "
-                         f"list` shows the {len(known)} registered ones") from None
+        raise SettingError(f"no task or mixture named {name!r}; `python -m mtf.tasks list` "
+                           f"shows the {len(known)} registered ones") from None
 
 
 def _examples(task, split: str, limit: int | None):
@@ -160,12 +163,12 @@ def cmd_cache(args: argparse.Namespace) -> None:
     refused = {t.name: token_cache.uncacheable_reason(t) for t in found}
     refused = {k: v for k, v in refused.items() if v}
     if refused:
-        raise SystemExit(f"error: cannot cache {args.mixture}: "
-                         + "; ".join(f"task {k}: {v}" for k, v in refused.items())
-                         + " (train such tasks without DATA_CACHE_DIR)")
+        raise SettingError(f"cannot cache {args.mixture}: "
+                           + "; ".join(f"task {k}: {v}" for k, v in refused.items())
+                           + " (train such tasks without DATA_CACHE_DIR)")
     if not 0 <= args.process_index < args.process_count:
-        raise SystemExit(f"error: --process_index {args.process_index} is not in "
-                         f"0..{args.process_count - 1}")
+        raise SettingError(f"--process_index {args.process_index} is not in "
+                           f"0..{args.process_count - 1}")
     workers = args.workers or os.cpu_count() or 1
     count = args.shards or workers * args.process_count
     lengths = {"inputs": args.inputs, "targets": args.targets}
@@ -232,23 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--process_index", type=int, default=0,
                    help="this host's index when several hosts build one cache")
     p.add_argument("--process_count", type=int, default=1)
-    parser.add_argument("--verbose", action="store_true",
-                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    cli.add_verbose(parser)
     args = parser.parse_args(argv)
-    from mtf import quiet
+    return cli.run(args.verbose, lambda: _command(args))
 
-    quiet.start(args.verbose)
+
+def _command(args: argparse.Namespace) -> int:
     import tasks  # noqa: F401  registers everything
     from mtf.data import records
-    from mtf.errors import UserError
 
     records.skip_bad_records_for_the_run(args.skip_bad_records)
-    try:
-        {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths,
-         "cache": cmd_cache}[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths,
+     "cache": cmd_cache}[args.command](args)
     if records.SKIPPED.total:
         print(records.SKIPPED.summary(), file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""The commands users type: `python -m mtf.launch` and `python -m mtf.convert`."""
+"""The commands users type: `python -m mtf.launch`, `mtf.convert` and the others."""
 
 import os
 import subprocess
@@ -119,10 +119,36 @@ def test_convert_cli_t5x_to_mtf_to_hf_and_back(fixtures, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, again), reference)
 
 
-def test_convert_cli_reports_bad_input(tmp_path):
-    result = run("mtf.convert", "--from", "hf", "--to", "mtf", str(tmp_path), str(tmp_path / "o"))
-    assert result.returncode == 1
-    assert "config.json not found" in result.stderr
+@pytest.mark.parametrize("args,message", [
+    (("mtf.convert", "--from", "hf", "--to", "mtf", "{tmp}", "{tmp}/o"), "config.json not found"),
+    (("mtf.tasks", "show", "no_such_task"), "no task or mixture named 'no_such_task'"),
+    (("mtf.infer", "generate", "--checkpoint", "{tmp}/nothing", "hi"), "does not exist"),
+    (("mtf.bench", "input", "--gin_file=gin/mt0_tiny.gin", "--process_index", "2",
+      "--process_count", "2"), "--process_index 2 is not in 0..1"),
+], ids=lambda a: a[0] if isinstance(a, tuple) else None)
+def test_each_command_answers_a_mistake_in_one_line(args, message, tmp_path):
+    """Every entry point goes through `mtf.cli.run`: "error: ...", exit 1, no traceback
+    (launch and plan: their own tests above and in test_plan.py)."""
+    result = run(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+
+
+def test_every_command_starts_through_the_cli_helper():
+    """Each module users run with `python -m` hands its work to `cli.run`, so --verbose,
+    the quiet start-up and one-line user errors are the same everywhere."""
+    import ast
+
+    mains = [p for p in sorted((REPO / "mtf").rglob("*.py"))
+             if 'if __name__ == "__main__":' in p.read_text()]
+    assert len(mains) >= 6, mains
+    for path in mains:
+        tree = ast.parse(path.read_text())
+        calls = {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and isinstance(n.func.value, ast.Name)}
+        assert "cli.run" in calls, f"{path.relative_to(REPO)} does not start through cli.run"
 
 
 def test_bench_prints_its_json():

@@ -31,6 +31,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from mtf import cli  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtf.convert", description=__doc__,
@@ -55,13 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--to hf: the SentencePiece model to write as the tokenizer")
     parser.add_argument("source")
     parser.add_argument("target")
-    parser.add_argument("--verbose", action="store_true",
-                        help="keep TensorFlow's, absl's and libtpu's start-up messages")
+    cli.add_verbose(parser)
     args = parser.parse_args(argv)
-    from mtf import quiet
+    return cli.run(args.verbose, lambda: _convert(args))
 
-    quiet.start(args.verbose)
 
+def _convert(args: argparse.Namespace) -> int:
     from mtf.convert import (
         infer_config,
         load_hf,
@@ -70,34 +71,29 @@ def main(argv: list[str] | None = None) -> int:
         read_t5x_tree,
     )
     from mtf.convert.native import step_vocabulary, training_step
-    from mtf.errors import UserError
 
-    try:
-        if args.source_format == "peft" or args.target_format == "peft" or _has_adapters(
-                args.source, args.step):
-            return _convert_adapters(args)
-        vocabulary = args.vocabulary
-        if args.source_format == "hf":
-            config, params = load_hf(args.source)
-        elif args.source_format == "mtf":
-            step_dir = training_step(args.source, args.step)
-            if step_dir is not None:
-                print(f"reading training step {step_dir}")
-                vocabulary = vocabulary or step_vocabulary(step_dir)
-            config, params = load_params(step_dir or args.source)
-        else:
-            target = read_t5x_tree(args.source)["optimizer"].get("target", {})
-            config = infer_config(target, relative_attention_max_distance=args.max_distance)
-            params = load_t5x(args.source, config)
-        if args.adapter:
-            from mtf import adapters
+    if args.source_format == "peft" or args.target_format == "peft" or _has_adapters(
+            args.source, args.step):
+        return _convert_adapters(args)
+    vocabulary = args.vocabulary
+    if args.source_format == "hf":
+        config, params = load_hf(args.source)
+    elif args.source_format == "mtf":
+        step_dir = training_step(args.source, args.step)
+        if step_dir is not None:
+            print(f"reading training step {step_dir}")
+            vocabulary = vocabulary or step_vocabulary(step_dir)
+        config, params = load_params(step_dir or args.source)
+    else:
+        target = read_t5x_tree(args.source)["optimizer"].get("target", {})
+        config = infer_config(target, relative_attention_max_distance=args.max_distance)
+        params = load_t5x(args.source, config)
+    if args.adapter:
+        from mtf import adapters
 
-            config, params = adapters.apply(args.source, config, params, args.adapter)
-            print(f"merged the adapters of {args.adapter}")
-        _write_model(args, config, params, vocabulary)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        config, params = adapters.apply(args.source, config, params, args.adapter)
+        print(f"merged the adapters of {args.adapter}")
+    _write_model(args, config, params, vocabulary)
     print(config.to_json())
     return 0
 
