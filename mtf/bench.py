@@ -43,16 +43,20 @@ import sys
 import time
 from collections.abc import Sequence
 
-from mtf import cli
+import gin
+import jax
+import numpy as np
+
+from mtf import cli, config, decode, flops, optim, partitioning, program, score, state, step
+from mtf.config import split_gin_flags
 from mtf.errors import SettingError
+from mtf.model import LoraConfig, init_params
 from mtf.model.config import REMAT_POLICIES
 
 
 def train_bench(args: argparse.Namespace) -> dict:
     """The train step's speed and memory; with --lora_rank, LoRA's beside full finetuning
     of the same shapes (same optimizer and batches)."""
-    from mtf.model import LoraConfig
-
     model_config = _model_config(args).replace(remat_policy=args.remat)
     if not args.lora_rank:
         return _train_run(args, model_config)
@@ -68,10 +72,7 @@ def train_bench(args: argparse.Namespace) -> dict:
 
 
 def _train_run(args: argparse.Namespace, model_config) -> dict:
-    import jax
-    import numpy as np
 
-    from mtf import flops, optim, partitioning, program, state, step
 
     mesh = partitioning.make_mesh([int(x) for x in args.mesh.split(",")])
     learning_rate = 1e-3 if args.optimizer == "adafactor" else 1e-4
@@ -128,9 +129,7 @@ def _train_run(args: argparse.Namespace, model_config) -> dict:
 def _model_config(args: argparse.Namespace):
     """gin/models/mt5_<model>.gin with --vocab and --dtype, dropout off (every model gin
     already has DROPOUT_RATE = 0.0; a benchmark must not depend on it)."""
-    import gin
 
-    from mtf import config
 
     config.parse([f"models/mt5_{args.model}.gin"],
                  [f"NUM_EMBEDDINGS={args.vocab}", f"ACTIVATION_DTYPE='{args.dtype}'"])
@@ -150,11 +149,7 @@ def _best_seconds(fn, repeats: int) -> float:
 
 
 def decode_bench(args: argparse.Namespace) -> dict:
-    import jax
-    import numpy as np
 
-    from mtf import decode, partitioning, score
-    from mtf.model import init_params
 
     model_config = _model_config(args)
     mesh = partitioning.make_mesh((-1, 1, 1))
@@ -195,8 +190,8 @@ def decode_bench(args: argparse.Namespace) -> dict:
 
 def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: float) -> dict:
     """The trainer's stream for a gin recipe: first batch, rate, resume (see the doc)."""
-    from mtf import config, plan
-    from mtf.data import batches
+    from mtf import plan  # the trainer's stream (seqio, TensorFlow): after the quiet start
+    from mtf.data import batches  # (the same)
 
     config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-bench"] + list(bindings))
     config.register_xp3_from_gin()
@@ -302,8 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     bindings: list[str] = []
     if args.command == "input":
-        from mtf.config import split_gin_flags
-
         bindings, unknown = split_gin_flags(rest)
         rest = unknown
     if rest:

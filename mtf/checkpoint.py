@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import json
-import logging
+import os
 import shutil
 from typing import Any
 
@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from mtf import storage
-from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.errors import SettingError
-from mtf.model import T5Config, flat_shapes
+from mtf.errors import CheckpointError, SettingError
+from mtf.model import T5Config, abstract_params
+
+Params = dict[str, Any]
 
 STORAGE_DTYPES = ("float32", "bfloat16")
 
@@ -197,60 +197,70 @@ class Checkpoints:
         return restored["state"], dict(restored["data"]), saved
 
 
-def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
-    """'mtf' (config.json + params/, or a run's checkpoints/<step>), 't5x' (a `checkpoint`
-    msgpack file or folder), 'hf' (config.json + *.safetensors / pytorch_model.bin), or an
-    error naming what is there."""
-    from mtf.convert.native import is_train_step
+# The run directory's layout, read back by conversion, evaluation and inference.
 
-    p = storage.path(path)
-    if not p.exists():
-        raise CheckpointError(f"{setting}={path} does not exist")
-    if p.is_file() or (p / "checkpoint").exists():  # T5X: a msgpack file, or a dir holding one
-        return "t5x"
-    if ((p / "config.json").exists() and (p / "params").exists()) or is_train_step(path):
-        return "mtf"
-    names = [q.name for q in p.iterdir()] if p.is_dir() else []
-    if (p / "config.json").exists() and any(n.endswith((".safetensors", ".bin")) or
-                                            n.endswith(".index.json") for n in names):
-        return "hf"
-    raise CheckpointError(f"{setting}={path} is not an mtf, T5X or Hugging Face "
-                          f"checkpoint (found {sorted(names)[:10]})")
+def resolved_path(path: str | os.PathLike) -> Any:
+    """An epath for a local (made absolute) or gs:// path."""
+    path = os.fspath(path)
+    return storage.path(path if storage.is_remote(path) else os.path.abspath(path))
 
 
-def _shape_summary(c: T5Config) -> str:
-    return (f"vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}x{c.head_dim}, "
-            f"mlp {c.mlp_dim}, layers {c.num_encoder_layers}/{c.num_decoder_layers}")
+def is_train_step(path: str | os.PathLike) -> bool:
+    """True for a training run's `MODEL_DIR/checkpoints/<step>` directory."""
+    p = resolved_path(path)
+    return (p / "state").exists() and (p / "config" / "metadata").exists()
 
 
-def load_initial_params(path: str, config: T5Config,
-                        setting: str = "INITIAL_CHECKPOINT_PATH") -> Any:
-    """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
-    from mtf.convert import load_hf, load_params, load_t5x
-    from mtf.convert.native import training_step
-
-    if storage.exists(path):
-        path = training_step(path) or path  # a run's MODEL_DIR: its newest step
-    fmt = detect_format(path, setting)
-    logging.info("initial checkpoint %s (%s format)", path, fmt)
-    if fmt == "t5x":
-        return load_t5x(path, config)
-    loaded_config, params = load_params(path) if fmt == "mtf" else load_hf(path)
-    check_names_and_shapes(
-        {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
-        flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),
-        f"{setting}={path} (a model of {_shape_summary(loaded_config)}; the gin "
-        f"config asks for {_shape_summary(config)}: include the matching gin/models/mt5_*.gin)")
-    if config.scan_layers and not loaded_config.scan_layers:
-        from mtf.model import scan_params
-
-        params = scan_params(params, config.replace(scan_layers=False))
-    return params
+def training_step(path: str | os.PathLike, step: int | None = None) -> str | None:
+    """The step folder a path names: `MODEL_DIR` (its newest step, or `step`), a
+    `checkpoints/` folder, or a step folder itself; None when it is none of these."""
+    p = resolved_path(path)
+    if step is None and is_train_step(p):
+        return os.fspath(p)
+    for folder in (p / "checkpoints", p):
+        if folder.is_dir():
+            steps = sorted(int(q.name) for q in folder.iterdir() if q.name.isdigit()
+                           and is_train_step(q))
+            if steps:
+                if step is None:
+                    return os.fspath(folder / str(steps[-1]))
+                if step not in steps:
+                    raise CheckpointError(f"{folder} has no step {step}; it has {steps}")
+                return os.fspath(folder / str(step))
+    return None
 
 
-def place(params: Any, shardings: Any, dtype: Any = np.float32) -> Any:
-    """Host numpy params -> global arrays on `shardings` (each process puts its shards)."""
-    return jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(
-            np.shape(x), s, lambda index: np.asarray(x[index], dtype)), params, shardings)
+def step_vocabulary(step_dir: str | os.PathLike) -> str | None:
+    """The SentencePiece model the run trained with (recorded with each step), if any."""
+    data = resolved_path(step_dir) / "data" / "metadata"
+    if not data.exists():
+        return None
+    return json.loads(data.read_text()).get("vocabulary")
 
+
+def train_step_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
+    """(config, float32 params) of `MODEL_DIR/checkpoints/<step>`: the parameters alone, no
+    optimizer state."""
+    path = resolved_path(path)
+    config = T5Config.from_json(json.dumps(json.loads((path / "config" / "metadata")
+                                                      .read_text())))
+    return config, restore_float32(path / "state", abstract_params(config), "params",
+                                   "the parameters of this training step")
+
+
+def restore_float32(where: Any, abstract: Params, key: str | None, what: str) -> Params:
+    """The float32 numpy tree shaped like `abstract` from an Orbax PyTree at `where` (under
+    `key` of it when given, the rest of it left unread)."""
+    target = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), abstract)
+    restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray,
+                                                     dtype=np.float32), target)
+    item, args = (target, restore) if key is None else ({key: target}, {key: restore})
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            out = checkpointer.restore(where, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=args, partial_restore=True))
+        except Exception as e:
+            raise CheckpointError(f"{where}: cannot read {what} ({type(e).__name__}: {e}); "
+                                  "the step may be incomplete or corrupt: try an earlier "
+                                  "one") from e
+    return out if key is None else out[key]

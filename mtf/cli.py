@@ -12,6 +12,9 @@ import os
 import sys
 from collections.abc import Callable
 
+from mtf import quiet
+from mtf.errors import UserError
+
 
 def add_verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
@@ -32,9 +35,6 @@ def run(verbose: bool, body: Callable[[], int | None]) -> int:
     """Starts quietly (unless `verbose`), runs `body` and returns its exit status (None: 0);
     a `UserError` becomes "error: <message>" on stderr and status 1."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
-    from mtf import quiet
-    from mtf.errors import UserError
-
     quiet.start(verbose)
     try:
         status = body()

@@ -16,3 +16,7 @@ class SettingError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder that a setting names does not exist."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that does not fit the model; the message names what and how to fix it."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import seqio
 
-from mtf import decode, score
+from mtf import decode, partitioning, score
 from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
 from mtf.model import T5Config
@@ -275,6 +275,4 @@ def _grouped(examples: Sequence[Example]) -> dict[tuple[str, str, str], list[int
 
 def place_params(params: Any, config: T5Config, mesh: Any) -> Any:
     """Host parameters onto the mesh with the training shardings."""
-    from mtf import checkpoint
-
-    return checkpoint.place(params, decode.params_shardings(config, mesh))
+    return partitioning.place(params, decode.params_shardings(config, mesh))

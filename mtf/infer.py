@@ -23,7 +23,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mtf import cli
+import jax
+import numpy as np
+
+from mtf import cli, decode, partitioning, storage
+from mtf import score as scoring
+from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError
 
 
@@ -59,8 +64,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
-    from mtf import storage
-
     rows = []
     with storage.open_read(path) as f:
         for number, line in enumerate(f.read().decode("utf-8").splitlines(), 1):
@@ -79,7 +82,7 @@ def _read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
 
 
 def _vocabulary(args: argparse.Namespace, stored: str | None):
-    from tasks import vocabularies
+    from tasks import vocabularies  # registers every task (TensorFlow): after the quiet start
 
     path = args.vocabulary or stored or os.environ.get("MTF_VOCABULARY")
     if not path:
@@ -89,7 +92,7 @@ def _vocabulary(args: argparse.Namespace, stored: str | None):
 
 
 def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[list[int]], int]:
-    from mtf.evaluation import cut_to_length
+    from mtf.evaluation import cut_to_length  # seqio and TensorFlow: after the quiet start
 
     out, cut = [], 0
     for text in texts:
@@ -103,10 +106,8 @@ def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[l
 
 
 def _setup(args):
-    import jax
 
-    from mtf import evaluation, partitioning
-    from mtf.convert.loading import load_checkpoint
+    from mtf import evaluation  # seqio and TensorFlow: loaded after the quiet start
 
     loaded = load_checkpoint(args.checkpoint, setting="--checkpoint", adapter=args.adapter)
     mesh = partitioning.make_mesh((-1, 1, 1))
@@ -118,9 +119,6 @@ def _setup(args):
 
 
 def generate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from mtf import decode
 
     rows = (_read_jsonl(args.input_file, ("inputs",)) if args.input_file else
             [{"inputs": p} for p in (args.prompts or [line.rstrip("\n") for line in sys.stdin
@@ -153,8 +151,6 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
-    from mtf import score as scoring
-
     if not args.input_file:
         raise SettingError("score needs --input_file F.jsonl with inputs and answer_choices")
     rows = _read_jsonl(args.input_file, ("inputs", "answer_choices"))
@@ -194,8 +190,6 @@ def score(args: argparse.Namespace) -> int:
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
-    from mtf import storage
-
     storage.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from mtf import cli
+from mtf.config import split_gin_flags
 
 DEFAULT_GIN_FILE = "gin/mt0_tiny.gin"
 
@@ -37,8 +38,6 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         default=int(os.environ.get("MTF_HEARTBEAT_TIMEOUT", "100")),
                         help="seconds after which a silent host fails the others")
     args, rest = parser.parse_known_args(argv)
-    from mtf.config import split_gin_flags  # light: gin only, no jax
-
     flag_bindings, unknown = split_gin_flags(rest)
     bindings = list(args.gin_bindings) + flag_bindings
     if unknown:

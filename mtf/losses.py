@@ -214,7 +214,7 @@ def _pallas_forward(hidden, kernel, targets, token_weights, settings, with_grads
     """`_fused_forward` by `loss_kernel`'s Pallas kernels, per device under a mesh
     (a Pallas call is not partitioned by XLA): tokens stay where they are, the kernel is
     whole on each device, the numerator and the kernel's gradient are summed over them."""
-    from mtf import loss_kernel
+    from mtf import loss_kernel  # Pallas TPU kernels: loaded only when LOSS_KERNEL asks
 
     b, length, emb = hidden.shape
     vocab = kernel.shape[-1]

@@ -105,3 +105,10 @@ def gather(x: jax.Array | np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def place(params: Any, shardings: Any, dtype: Any = np.float32) -> Any:
+    """Host numpy params -> global arrays on `shardings` (each process puts its shards)."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(
+            np.shape(x), s, lambda index: np.asarray(x[index], dtype)), params, shardings)

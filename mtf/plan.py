@@ -30,7 +30,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mtf import cli, hardware
+from mtf import cli, config, hardware, quiet
+from mtf.config import split_gin_flags
 
 GIB = hardware.GIB
 
@@ -39,6 +40,8 @@ def _environment(slice_: hardware.Slice) -> str:
     """Sets up, before jax is imported, the devices to compile for; says which they are."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["JAX_PLATFORMS"] = "cpu"  # compile-only: never claim a local accelerator
+    # the report reads the compiler's own analyses of a fresh compile, never a cached one
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     if slice_.topology is not None:
         try:
             import libtpu  # noqa: F401
@@ -75,7 +78,7 @@ def train_arguments() -> dict[str, Any]:
     """`train.train`'s arguments as the parsed gin files bind them (defaults filled in)."""
     import gin
 
-    from mtf import train
+    from mtf import train  # jax: after _environment chose the slice's devices
 
     arguments = {name: p.default for name, p in inspect.signature(train.train).parameters.items()
                  if p.default is not inspect.Parameter.empty}
@@ -164,7 +167,7 @@ def kernel_costs(hlo: str) -> dict[str, Any]:
     """What XLA's cost analysis leaves out of a compiled program's Pallas TPU calls: the
     flash-attention kernels modelled by `mtf.model.flash.kernel_cost` (less the estimate
     XLA did count), and the names of any other kernel without a cost estimate."""
-    from mtf.model import flash
+    from mtf.model import flash  # jax: after _environment chose the slice's devices
 
     flops = moved = 0.0
     uncounted = []
@@ -198,7 +201,7 @@ def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, 
     import jax
     import optax
 
-    from mtf import train
+    from mtf import train  # jax: after _environment chose the slice's devices
 
     model = arguments["model_config"].replace(scan_layers=False, num_encoder_layers=depths[0],
                                               num_decoder_layers=depths[1])
@@ -274,12 +277,10 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     (`verbose`=False drops libtpu's start-up lines)."""
     import jax
 
-    from mtf import flops, partitioning, train
-    from mtf.data import batches
+    from mtf import flops, partitioning, train  # jax: after _environment chose the devices
+    from mtf.data import batches  # (the same)
 
     arguments = train_arguments()
-    from mtf import quiet
-
     with quiet.native_stderr_silenced(not verbose):  # libtpu's notes on worker hostnames
         devices = _devices(slice_, how)
     mesh = partitioning.make_mesh(arguments["mesh_shape"], devices)
@@ -419,8 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="exit 1 unless this fraction of HBM is left (0.15: 15%%)")
     parser.add_argument("--json", help="also write the report to this file")
     cli.add_verbose(parser)
-    from mtf.config import split_gin_flags
-
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     bindings, unknown = split_gin_flags(rest)
     if unknown:
@@ -435,8 +434,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _plan_command(args: argparse.Namespace, slice_: hardware.Slice, how: str,
                   bindings: list[str]) -> int:
-    from mtf import config
-
     try:
         # nothing is written: a run directory is not needed to plan
         config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-plan"] + bindings)

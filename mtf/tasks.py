@@ -22,7 +22,8 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from mtf import cli
+from mtf import cli, quiet
+from mtf.data import languages, mixing, records
 from mtf.errors import SettingError
 
 
@@ -49,16 +50,12 @@ def _examples(task, split: str, limit: int | None):
 
 
 def _task_languages(task, split: str, limit: int = 200) -> list[str]:
-    from mtf.data import languages
-
     ids = {int(e["language_id"]) for e in _examples(task, split, limit) if "language_id" in e}
     return sorted(languages.language_from_id(i) for i in ids)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     import seqio
-
-    from mtf.data import mixing
 
     for name in sorted(seqio.MixtureRegistry.names()):
         if args.filter and args.filter not in name:
@@ -83,7 +80,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from mtf.data import seqio_tasks
+    from mtf.data import seqio_tasks  # TensorFlow: after the quiet start
 
     provider = _provider(args.name)
     tasks = seqio_tasks.tasks_of(provider)
@@ -106,7 +103,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_lengths(args: argparse.Namespace) -> None:
-    from mtf.data import seqio_tasks
+    from mtf.data import seqio_tasks  # TensorFlow: after the quiet start
 
     provider = _provider(args.name)
     lengths = {"inputs": args.inputs, "targets": args.targets}
@@ -134,13 +131,11 @@ def _build_shard(job: tuple[str, str, dict[str, int], int, int, str, bool, bool]
     import time
 
     name, split, lengths, index, count, output, skip_bad_records, verbose = job
-    from mtf import quiet
-
     quiet.start(verbose)
     import seqio
 
-    import tasks  # noqa: F401  registers everything, as the parent did
-    from mtf.data import records, token_cache
+    import tasks  # noqa: F401  registers everything, as the parent did (after the quiet start)
+    from mtf.data import token_cache  # TensorFlow: after the worker's quiet start
 
     records.skip_bad_records_for_the_run(skip_bad_records)
     start = time.perf_counter()
@@ -156,7 +151,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     import os
     import time
 
-    from mtf.data import seqio_tasks, token_cache
+    from mtf.data import seqio_tasks, token_cache  # TensorFlow: after the quiet start
 
     provider = _provider(args.mixture)
     found = seqio_tasks.tasks_of(provider)
@@ -241,8 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    import tasks  # noqa: F401  registers everything
-    from mtf.data import records
+    import tasks  # noqa: F401  registers everything (TensorFlow): after the quiet start
 
     records.skip_bad_records_for_the_run(args.skip_bad_records)
     {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths,

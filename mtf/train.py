@@ -23,7 +23,6 @@ import optax
 from jax.experimental import multihost_utils
 
 from mtf import (
-    adapters,
     checkpoint,
     evaluation,
     flops,
@@ -38,6 +37,7 @@ from mtf import (
     storage,
     validation,
 )
+from mtf.convert import adapters, loading
 from mtf.data import batches, records
 from mtf.errors import SettingError, UserError
 from mtf.model import T5Config
@@ -147,9 +147,9 @@ def _lora_base(model_config: T5Config, initial_checkpoint_path: str | None, shar
         raise SettingError("a LoRA run (runs/lora.gin) adapts a trained model: set "
                            "INITIAL_CHECKPOINT_PATH to it (an mtf, T5X or Hugging Face "
                            "checkpoint); it is loaded on every start, resume included")
-    base = checkpoint.load_initial_params(initial_checkpoint_path, model_config.base)
+    base = loading.load_initial_params(initial_checkpoint_path, model_config.base)
     record = adapters.base_record(initial_checkpoint_path, model_config, base)
-    return checkpoint.place(base, shardings.frozen, state.frozen_dtype(model_config)), record
+    return partitioning.place(base, shardings.frozen, state.frozen_dtype(model_config)), record
 
 
 def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
@@ -203,8 +203,8 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
         return (fresh, {}, f"LoRA adapters (rank {model_config.lora.rank}) initialised on "
                 f"{initial_checkpoint_path}")
     if initial_checkpoint_path:
-        params = checkpoint.load_initial_params(initial_checkpoint_path, model_config)
-        params = checkpoint.place(params, shardings.params)
+        params = loading.load_initial_params(initial_checkpoint_path, model_config)
+        params = partitioning.place(params, shardings.params)
         opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
         step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
         return (step.TrainState(step=step0, params=params, opt_state=opt_state), {},

@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, locate the third-party fixtures."""
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -10,6 +11,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tasks default to mT5's vocabulary on gs://; tests use the committed mini-xP3 one offline.
 os.environ.setdefault("MTF_VOCABULARY", str(Path(__file__).resolve().parents[1] / "tasks"
                                             / "vocab" / "mini_xp3.model"))
+
+# One persistent XLA compilation cache for the test run, this process and every command a
+# test starts: dozens of runs compile the same tiny train step. Size-capped, so that jax
+# takes its file lock when writing (pytest-xdist's workers share it). mtf.plan opts out.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"mtf-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 import torch
 from flax import traverse_util
 
-from mtf import adapters, partitioning, state, step
-from mtf.convert import CheckpointError, load_hf, peft
+from mtf import partitioning, state, step
+from mtf.convert import CheckpointError, adapters, load_hf, peft
 from mtf.errors import SettingError
 from mtf.model import LoraConfig, T5Config, Transformer, init_params, lora
 from mtf.optim import make_optimizer

@@ -12,7 +12,7 @@ import pytest
 import tasks  # noqa: F401  registers mini_xp3_sw
 from mtf import checkpoint, optim, partitioning, train
 from mtf import state as train_state
-from mtf.convert import load_t5x, save_hf, save_params
+from mtf.convert import load_t5x, loading, save_hf, save_params
 from mtf.convert.errors import CheckpointError
 from mtf.convert.t5x import infer_config
 from mtf.data import batches
@@ -139,7 +139,7 @@ def test_initial_checkpoint_in_each_format(fixtures, tmp_path):
         _initial(TINY.replace(emb_dim=64), str(tmp_path / "mtf"), tmp_path / "bad")
     (tmp_path / "junk").mkdir()
     with pytest.raises(CheckpointError, match="is not an mtf, T5X or Hugging Face"):
-        checkpoint.detect_format(str(tmp_path / "junk"))
+        loading.detect_format(str(tmp_path / "junk"))
 
 
 def test_latest_checkpoint_wins_over_the_initial_one(tmp_path):

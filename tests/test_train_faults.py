@@ -164,7 +164,7 @@ def test_lora_on_a_trained_tiny_model_learns_resumes_after_kill_9_and_merges(uni
     import subprocess
     import sys
 
-    from mtf import adapters
+    from mtf.convert import adapters
     from tests.train_helpers import REPO, env
 
     base, _ = uninterrupted

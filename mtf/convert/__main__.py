@@ -26,12 +26,26 @@ into the (base) source.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from mtf import cli  # noqa: E402
+from mtf import cli, storage
+from mtf.checkpoint import step_vocabulary, training_step
+from mtf.convert import (
+    adapters,
+    infer_config,
+    load_hf,
+    load_params,
+    load_t5x,
+    peft,
+    read_t5x_tree,
+    save_hf,
+    save_params,
+)
+from mtf.convert.errors import CheckpointError
+from mtf.convert.loading import load_checkpoint
+from mtf.model import lora
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,15 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from mtf.convert import (
-        infer_config,
-        load_hf,
-        load_params,
-        load_t5x,
-        read_t5x_tree,
-    )
-    from mtf.convert.native import step_vocabulary, training_step
-
     if args.source_format == "peft" or args.target_format == "peft" or _has_adapters(
             args.source, args.step):
         return _convert_adapters(args)
@@ -89,8 +94,6 @@ def _convert(args: argparse.Namespace) -> int:
         config = infer_config(target, relative_attention_max_distance=args.max_distance)
         params = load_t5x(args.source, config)
     if args.adapter:
-        from mtf import adapters
-
         config, params = adapters.apply(args.source, config, params, args.adapter)
         print(f"merged the adapters of {args.adapter}")
     _write_model(args, config, params, vocabulary)
@@ -99,8 +102,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _write_model(args, config, params, vocabulary) -> None:
-    from mtf.convert import save_hf, save_params
-
     if args.target_format == "hf":
         vocabulary = vocabulary or os.environ.get("MTF_VOCABULARY")
         save_hf(config, params, args.target, vocabulary=vocabulary)
@@ -114,11 +115,6 @@ def _write_model(args, config, params, vocabulary) -> None:
 
 def _has_adapters(source: str, step: int | None) -> bool:
     """A LoRA run (or one of its steps) or an mtf adapter directory."""
-    import json
-
-    from mtf import adapters, storage
-    from mtf.convert.native import training_step
-
     if not storage.exists(source):
         return False
     if adapters.is_adapter_dir(source):
@@ -132,12 +128,6 @@ def _has_adapters(source: str, step: int | None) -> bool:
 
 def _convert_adapters(args) -> int:
     """Export (--to peft), import (--from peft) or merge adapters; see the module doc."""
-    from mtf import adapters
-    from mtf.convert import peft
-    from mtf.convert.errors import CheckpointError
-    from mtf.convert.loading import load_checkpoint
-    from mtf.model import lora
-
     if args.adapter:
         raise CheckpointError(f"{args.source} holds adapters itself; --adapter merges adapters "
                               "into a plain model given as the source")

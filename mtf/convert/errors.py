@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mtf.errors import UserError
+from mtf.errors import CheckpointError
 
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that does not fit the model; the message names what and how to fix it."""
+__all__ = ["CheckpointError", "check_names_and_shapes"]
 
 
 def check_names_and_shapes(found: Mapping[str, tuple[int, ...]],

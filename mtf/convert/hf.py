@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
 from mtf.model import T5Config, flat_shapes, unscan_params
 
@@ -309,8 +310,6 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
 
 def _save_tokenizer(path: Path, vocabulary: str) -> None:
     """mT5's tokenizer as transformers saves it: spiece.model + T5Tokenizer config."""
-    from mtf import storage
-
     (path / "spiece.model").write_bytes(storage.read_bytes(vocabulary))
     special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))

@@ -8,12 +8,18 @@ gin run) the checkpoint must fit it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
-from mtf import storage
-from mtf.convert import native
-from mtf.convert.errors import CheckpointError
-from mtf.model import T5Config
+import numpy as np
+from flax import traverse_util
+
+from mtf import checkpoint, storage
+from mtf.convert import adapters, native
+from mtf.convert.errors import CheckpointError, check_names_and_shapes
+from mtf.convert.hf import load_hf
+from mtf.convert.t5x import infer_config, load_t5x, read_t5x_tree
+from mtf.model import T5Config, flat_shapes, scan_params
 
 
 @dataclasses.dataclass
@@ -35,41 +41,34 @@ def load_checkpoint(path: str, config: T5Config | None = None,
     loaded = _load_model(path, config, setting)
     if not adapter:
         return loaded
-    from mtf import adapters
-
     if not storage.exists(adapter):
         raise CheckpointError(f"adapter {adapter} does not exist")
     loaded.config, loaded.params = adapters.apply(loaded.source, loaded.config, loaded.params,
                                                   adapter)
-    adapter_step = native.training_step(adapter)
+    adapter_step = checkpoint.training_step(adapter)
     loaded.adapter_source = adapter_step or adapter
     if loaded.vocabulary is None and adapter_step:
-        loaded.vocabulary = native.step_vocabulary(adapter_step)
+        loaded.vocabulary = checkpoint.step_vocabulary(adapter_step)
     return loaded
 
 
 def _load_model(path: str, config: T5Config | None, setting: str) -> LoadedCheckpoint:
-    from mtf import checkpoint
-    from mtf.convert import load_hf, load_t5x
-
     if not storage.exists(path):
         raise CheckpointError(f"{setting}={path} does not exist")
-    step_dir = native.training_step(path)
+    step_dir = checkpoint.training_step(path)
     source = step_dir or path
-    vocabulary = native.step_vocabulary(step_dir) if step_dir else None
+    vocabulary = checkpoint.step_vocabulary(step_dir) if step_dir else None
     if config is not None:
-        params = checkpoint.load_initial_params(source, config, setting)
+        params = load_initial_params(source, config, setting)
         if vocabulary is None:
             vocabulary = _stored_vocabulary(source)
         return LoadedCheckpoint(config, params, vocabulary, source)
-    fmt = checkpoint.detect_format(source, setting)
+    fmt = detect_format(source, setting)
     if fmt == "mtf":
         loaded, params = native.load_params(source)
     elif fmt == "hf":
         loaded, params = load_hf(source)
     else:
-        from mtf.convert.t5x import infer_config, read_t5x_tree
-
         loaded = infer_config(read_t5x_tree(source)["optimizer"]["target"])
         params = load_t5x(source, loaded)
     return LoadedCheckpoint(loaded, params, vocabulary or _stored_vocabulary(source), source)
@@ -79,3 +78,48 @@ def _stored_vocabulary(path: str) -> str | None:
     """spiece.model beside HF weights (written by `mtf.convert --to hf`)."""
     candidate = storage.join(path, "spiece.model")
     return candidate if storage.isdir(path) and storage.exists(candidate) else None
+
+
+def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
+    """'mtf' (config.json + params/, or a run's checkpoints/<step>), 't5x' (a `checkpoint`
+    msgpack file or folder), 'hf' (config.json + *.safetensors / pytorch_model.bin), or an
+    error naming what is there."""
+    p = storage.path(path)
+    if not p.exists():
+        raise CheckpointError(f"{setting}={path} does not exist")
+    if p.is_file() or (p / "checkpoint").exists():  # T5X: a msgpack file, or a dir holding one
+        return "t5x"
+    if (((p / "config.json").exists() and (p / "params").exists())
+            or checkpoint.is_train_step(path)):
+        return "mtf"
+    names = [q.name for q in p.iterdir()] if p.is_dir() else []
+    if (p / "config.json").exists() and any(n.endswith((".safetensors", ".bin")) or
+                                            n.endswith(".index.json") for n in names):
+        return "hf"
+    raise CheckpointError(f"{setting}={path} is not an mtf, T5X or Hugging Face "
+                          f"checkpoint (found {sorted(names)[:10]})")
+
+
+def _shape_summary(c: T5Config) -> str:
+    return (f"vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}x{c.head_dim}, "
+            f"mlp {c.mlp_dim}, layers {c.num_encoder_layers}/{c.num_decoder_layers}")
+
+
+def load_initial_params(path: str, config: T5Config,
+                        setting: str = "INITIAL_CHECKPOINT_PATH") -> Any:
+    """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
+    if storage.exists(path):
+        path = checkpoint.training_step(path) or path  # a run's MODEL_DIR: its newest step
+    fmt = detect_format(path, setting)
+    logging.info("initial checkpoint %s (%s format)", path, fmt)
+    if fmt == "t5x":
+        return load_t5x(path, config)
+    loaded_config, params = native.load_params(path) if fmt == "mtf" else load_hf(path)
+    check_names_and_shapes(
+        {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
+        flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),
+        f"{setting}={path} (a model of {_shape_summary(loaded_config)}; the gin "
+        f"config asks for {_shape_summary(config)}: include the matching gin/models/mt5_*.gin)")
+    if config.scan_layers and not loaded_config.scan_layers:
+        params = scan_params(params, config.replace(scan_layers=False))
+    return params

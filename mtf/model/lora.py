@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from mtf.errors import SettingError
 from mtf.model.config import T5Config
+from mtf.model.params import flat_shapes
 
 Params = dict[str, Any]
 ADAPTER_LEAVES = ("lora_a", "lora_b")
@@ -45,8 +46,6 @@ def join(base: Params, adapters: Params) -> Params:
 
 def candidates(config: T5Config) -> dict[str, tuple[int, ...]]:
     """The kernels LoRA may target, T5X name -> shape (of this config's tree)."""
-    from mtf.model.params import flat_shapes
-
     return {name: shape for name, shape in flat_shapes(config.base).items()
             if _CANDIDATE.search("/" + name)}
 

@@ -23,8 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from mtf.checkpoint import resolved_path, restore_float32, training_step
+from mtf.convert import peft
 from mtf.convert.errors import CheckpointError
-from mtf.convert.native import resolved_path, restore_float32
 from mtf.model import T5Config, abstract_params, lora
 
 Params = dict[str, Any]
@@ -108,9 +109,6 @@ def load(path: str | os.PathLike, step: int | None = None
     """(adapted model's config, float32 adapters, base record) from a LoRA run, a step
     folder of one, an adapter directory, or a PEFT directory (then with no base record:
     PEFT records only a hub name)."""
-    from mtf.convert import peft
-    from mtf.convert.native import training_step
-
     p = resolved_path(path)
     if peft.is_peft_dir(p):
         raise CheckpointError(f"{path} is a Hugging Face PEFT adapter; it needs the base "
@@ -141,8 +139,6 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
           step: int | None = None) -> tuple[T5Config, Params]:
     """(plain config, merged float32 params): the base with the adapters of `adapter_path`
     folded into its kernels, after checking they were trained on this base."""
-    from mtf.convert import peft
-
     if peft.is_peft_dir(resolved_path(adapter_path)):
         config, adapters = peft.load(adapter_path, base_config)
         record = None
