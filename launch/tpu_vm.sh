@@ -142,7 +142,8 @@ echo \"\$(hostname): mtf at \$(git rev-parse --short HEAD)\""
     fi
     script="set -euo pipefail
 cd ~/mtf
-nohup env ${quoted_env}${quoted_launch% } > $LOG 2>&1 < /dev/null &
+: > $LOG  # made before tail opens it (the background job's redirect may come later)
+nohup env ${quoted_env}${quoted_launch% } >> $LOG 2>&1 < /dev/null &
 pid=\$!
 tail -n +1 -f --pid=\"\$pid\" $LOG
 wait \"\$pid\""
