@@ -50,7 +50,7 @@ import numpy as np
 from mtf import cli, config, decode, flops, optim, partitioning, program, score, state, step
 from mtf.config import split_gin_flags
 from mtf.errors import SettingError
-from mtf.model import LoraConfig, init_params
+from mtf.model import BatchSpec, LoraConfig, init_params
 from mtf.model.config import REMAT_POLICIES
 
 
@@ -84,13 +84,15 @@ def _train_run(args: argparse.Namespace, model_config) -> dict:
     rng = np.random.default_rng(0)
 
     def batch():
+        spec = model_config.batch_spec
         targets = rng.integers(2, args.vocab, (args.batch, args.targets), dtype=np.int32)
+        encoder_inputs, decoder_inputs, _ = spec.tokens
         host = {
-            "encoder_input_tokens": rng.integers(2, args.vocab, (args.batch, args.inputs),
-                                                 dtype=np.int32),
-            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-            "decoder_target_tokens": targets,
-            "decoder_loss_weights": np.ones_like(targets),
+            encoder_inputs: rng.integers(2, args.vocab, (args.batch, args.inputs),
+                                         dtype=np.int32),
+            decoder_inputs: np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            spec.targets: targets,
+            spec.loss_weights: np.ones_like(targets),
         }
         return {k: jax.device_put(v, compiled_step.batch_sharding) for k, v in host.items()}
 
@@ -196,6 +198,7 @@ def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: floa
     config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-bench"] + list(bindings))
     config.register_xp3_from_gin()
     arguments = plan.train_arguments()
+    spec = arguments["model_config"].batch_spec
     data, batch_size = arguments.get("data") or batches.DataConfig(), arguments["batch_size"]
     if not 0 <= args.process_index < args.process_count:
         raise SettingError(f"--process_index {args.process_index} is not in "
@@ -213,9 +216,8 @@ def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: floa
     timed = time.perf_counter()
     for _ in range(args.batches):
         batch = next(stream)
-        examples += _examples_in(batch)
-        tokens += int((batch["encoder_input_tokens"] > 0).sum()
-                      + (batch["decoder_target_tokens"] > 0).sum())
+        examples += _examples_in(batch, spec)
+        tokens += int((batch[spec.tokens[0]] > 0).sum() + (batch[spec.targets] > 0).sum())
     seconds = time.perf_counter() - timed
     state, done = stream.state(), args.batches + 1
     resume_step = args.resume_step or done
@@ -242,11 +244,11 @@ def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: floa
     return result
 
 
-def _examples_in(batch) -> int:
+def _examples_in(batch, spec: BatchSpec) -> int:
     """Examples in a batch: rows, or packed segments (each segment id once per row)."""
-    segments = batch.get("decoder_segment_ids")
+    segments = batch.get(spec.target_segments)
     if segments is None:
-        return len(batch["decoder_target_tokens"])
+        return len(batch[spec.targets])
     return int(segments.max(axis=1).sum())
 
 

@@ -80,10 +80,12 @@ def cut_to_length(tokens: Sequence[int], length: int) -> tuple[list[int], bool]:
     return tokens[:length - 1] + [decode.EOS_ID], True
 
 
-def dataset_name(example_task_id: int, task_name: str, language: str) -> str:
-    """The dataset an example reports under: its task id's name (the task type for the
-    mini-xP3) without a trailing `_<language>` (xnli_fr -> xnli)."""
-    name = seqio_tasks.TASK_NAMES.get(int(example_task_id), task_name)
+def dataset_name(example_task_id: int, task_name: str, language: str,
+                 names: Mapping[int, str]) -> str:
+    """The dataset an example reports under: its task id's name (`names`: the task's
+    `seqio_tasks.task_names`; the task type for the mini-xP3) without a trailing
+    `_<language>` (xnli_fr -> xnli)."""
+    name = names.get(int(example_task_id), task_name)
     suffix = f"_{language}"
     return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
 
@@ -133,6 +135,7 @@ class Evaluator:
         out: list[Example] = []
         limit = self.config.max_examples_per_task
         seen: dict[tuple[str, str, str], int] = {}
+        names = seqio_tasks.task_names(task)
         for raw in batches.record_errors_unwrapped(dataset.as_numpy_iterator()):
             if limit is not None:
                 key = (int(raw.get("task_id", 0)), _text(raw.get("language", b"")),
@@ -140,17 +143,19 @@ class Evaluator:
                 seen[key] = seen.get(key, 0) + 1
                 if seen[key] > limit:
                     continue
-            out.append(self._example(task, raw, vocab))
+            out.append(self._example(task, raw, vocab, names))
         if not out:
             raise SettingError(f"task {task.name} has no examples in its "
                                f"{self.config.split!r} split")
         return out
 
-    def _example(self, task: seqio.Task, raw: Mapping[str, Any], vocab) -> Example:
+    def _example(self, task: seqio.Task, raw: Mapping[str, Any], vocab,
+                 names: Mapping[int, str]) -> Example:
         language = _text(raw.get("language", b""))
         inputs, cut = cut_to_length(raw["inputs"], self.input_length)
         self.truncation.prompts += cut
-        example = Example(dataset_name(raw.get("task_id", 0), task.name, language), language,
+        example = Example(dataset_name(raw.get("task_id", 0), task.name, language, names),
+                          language,
                           _text(raw.get("template", b"")), inputs,
                           _text(raw.get("inputs_pretokenized", b"")),
                           _text(raw.get("targets_pretokenized", b"")))

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from mtf import storage
-from mtf.data import languages, seqio_tasks
+from mtf.data import languages
+from mtf.model import ENCODER_DECODER, BatchSpec
 
 
 def _group_sums(token_loss: np.ndarray, ids: np.ndarray, weights: np.ndarray,
@@ -41,14 +42,16 @@ class LogWindow:
     window (one batch of 39 languages would be noise).
     """
 
-    def __init__(self, gather) -> None:
+    def __init__(self, gather, spec: BatchSpec = ENCODER_DECODER,
+                 task_names: Mapping[int, str] | None = None) -> None:
         self.gather = gather  # device array -> the global array on the host
+        self.spec = spec
+        self.task_names = dict(task_names or {})  # seqio_tasks.task_names of the mixture
         self.steps: list[tuple[Mapping, Mapping[str, np.ndarray]]] = []
 
     def add(self, metrics: Mapping, batch: Mapping[str, np.ndarray]) -> None:
-        ids = {k: batch[k] for k in ("decoder_language", "decoder_task",
-                                     "decoder_loss_weights", "decoder_target_tokens")
-               if k in batch}
+        spec = self.spec
+        ids = {k: batch[k] for k in (*spec.ids, spec.loss_weights, spec.targets) if k in batch}
         self.steps.append((metrics, ids))
 
     def summary(self) -> dict[str, float]:
@@ -67,19 +70,18 @@ class LogWindow:
         for metrics, ids in self.steps:
             token_loss = self.gather(metrics["token_loss"])
             local = {k: self.gather(v) for k, v in ids.items()}
-            weights = np.asarray(local.get("decoder_loss_weights",
-                                           local["decoder_target_tokens"] > 0), np.float32)
-            if "decoder_language" in local:
-                _group_sums(token_loss, local["decoder_language"], weights, by_language)
-            if "decoder_task" in local:
-                _group_sums(token_loss, local["decoder_task"], weights, by_task)
+            weights = np.asarray(local.get(self.spec.loss_weights,
+                                           local[self.spec.targets] > 0), np.float32)
+            if self.spec.language in local:
+                _group_sums(token_loss, local[self.spec.language], weights, by_language)
+            if self.spec.task in local:
+                _group_sums(token_loss, local[self.spec.task], weights, by_task)
         for value, (total, count) in sorted(by_language.items()):
             if count > 0:
                 out[f"loss/{languages.language_from_id(value)}"] = total / count
         for value, (total, count) in sorted(by_task.items()):
             if count > 0:
-                out[f"loss/task/{seqio_tasks.TASK_NAMES.get(value, str(value))}"] = (
-                    total / count)
+                out[f"loss/task/{self.task_names.get(value, str(value))}"] = total / count
         self.steps = []
         return out
 

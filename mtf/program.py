@@ -20,25 +20,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning, state, step
 from mtf.errors import SettingError
-from mtf.model import T5Config
+from mtf.model import BatchSpec, T5Config
 
 DROPOUT_RNGS = ("threefry2x32", "rbg")  # jax.random key implementations for the dropout key
 
-PACKING_INPUTS = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                  "decoder_positions")
-STEP_INPUTS = step.MODEL_INPUTS + ("decoder_loss_weights",)
 
 
-def batch_features(pack: bool) -> tuple[str, ...]:
-    """The batch features the step takes: segment ids and positions only when packed."""
-    return tuple(k for k in STEP_INPUTS if pack or k not in PACKING_INPUTS)
-
-
-def abstract_batch(batch_size: int, lengths: Mapping[str, int], pack: bool,
+def abstract_batch(spec: BatchSpec, batch_size: int, lengths: Mapping[str, int], pack: bool,
                    sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
-    return {k: jax.ShapeDtypeStruct(
-        (batch_size, lengths["inputs"] if k.startswith("encoder") else lengths["targets"]),
-        jnp.int32, sharding=sharding) for k in batch_features(pack)}
+    return {k: jax.ShapeDtypeStruct((batch_size, spec.length(k, lengths)), jnp.int32,
+                                    sharding=sharding) for k in spec.step_inputs(pack)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +77,16 @@ def check_kernels_run_on(mesh: Mesh, model_config: T5Config, loss: step.LossConf
             "(the gin files for TPU slices, e.g. gin/mt0_small.gin, set the TPU kernels)")
 
 
-def check_batch_splits(batch_size: int, batch_spec: NamedSharding) -> None:
+def check_batch_splits(batch_size: int, batch_sharding: NamedSharding) -> None:
     """BATCH_SIZE must split evenly over the devices the batch is sharded on: say so with
     the mesh, rather than with jax's IndivisibleError from inside tracing."""
-    axes = batch_spec.spec[0] or ()
+    axes = batch_sharding.spec[0] or ()
     axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    ways = math.prod(batch_spec.mesh.shape[a] for a in axes)
+    ways = math.prod(batch_sharding.mesh.shape[a] for a in axes)
     if batch_size % ways:
         raise SettingError(
             f"BATCH_SIZE={batch_size} does not split over the {ways} devices the batch is "
-            f"sharded on ({' x '.join(axes)} of the mesh {dict(batch_spec.mesh.shape)}); "
+            f"sharded on ({' x '.join(axes)} of the mesh {dict(batch_sharding.mesh.shape)}); "
             f"choose a multiple of {ways}, or change MESH_SHAPE")
 
 
@@ -110,18 +101,19 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
                            "the hardware generator, much cheaper for large dropout masks)")
     check_kernels_run_on(mesh, model_config, loss)
     abstract, shardings = state.state_shardings(model_config, optimizer, mesh)
-    batch_spec = partitioning.batch_sharding(mesh)
-    check_batch_splits(batch_size, batch_spec)
+    batch_sharding = partitioning.batch_sharding(mesh)
+    check_batch_splits(batch_size, batch_sharding)
     replicated = NamedSharding(mesh, PartitionSpec())
     step_fn = functools.partial(step.train_step, config=model_config, optimizer=optimizer,
                                 loss=loss, num_microbatches=num_microbatches,
                                 learning_rate=learning_rate)
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_spec, replicated),
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding, replicated),
                      out_shardings=(shardings, None), donate_argnums=(0,))
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    return TrainProgram(mesh, jitted, abstract_state, shardings, batch_spec,
-                        abstract_batch(batch_size, lengths, pack, batch_spec),
+    return TrainProgram(mesh, jitted, abstract_state, shardings, batch_sharding,
+                        abstract_batch(model_config.batch_spec, batch_size, lengths, pack,
+                                       batch_sharding),
                         model_config.uses_dropout, dropout_rng)
 
 

@@ -16,9 +16,6 @@ from mtf.errors import SettingError
 from mtf.model import T5Config, Transformer, lora, output_projection
 
 Batch = dict[str, jax.Array]
-MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                "decoder_positions")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -65,15 +62,16 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     `frozen`: the LoRA base, joined to `params` (the adapters) but not differentiated."""
     if frozen is not None:
         params = lora.join(frozen, params)
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    spec = model.config.batch_spec
+    inputs = {k: batch[k] for k in spec.model_inputs if k in batch}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     hidden = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
                          rngs=rngs, return_hidden=True)
-    targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
+    targets = batch[spec.targets]
+    weights = batch.get(spec.loss_weights, (targets > 0).astype(jnp.float32))
     weights = weights.astype(jnp.float32)
     token_weights, denominator = losses.normalization_weights(
-        weights, loss.normalizing_factor, batch.get("decoder_segment_ids"))
+        weights, loss.normalizing_factor, batch.get(spec.target_segments))
     kernel, compute_dtype, scale = output_projection(params, model.config)
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,

@@ -71,8 +71,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             continue
         task = seqio.get_mixture_or_task(name)
         try:
-            size = mixing.size(name)
-        except KeyError:
+            size = mixing.size(task)
+        except SettingError:
             size = "?"
         langs = ",".join(_task_languages(task, task.splits[0])) if args.languages else ""
         print(f"task {name}: splits {','.join(task.splits)}; train examples {size}"
@@ -135,14 +135,15 @@ def _build_shard(job: tuple[str, str, dict[str, int], int, int, str, bool, bool]
     import seqio
 
     import tasks  # noqa: F401  registers everything, as the parent did (after the quiet start)
-    from mtf.data import token_cache  # TensorFlow: after the worker's quiet start
+    from mtf.data import seqio_tasks, token_cache  # TensorFlow: after the worker's quiet start
 
-    records.skip_bad_records_for_the_run(skip_bad_records)
+    provider, skipped = seqio.get_mixture_or_task(name), records.SkipReport()
+    seqio_tasks.handle_bad_records(provider, skip_bad_records, skipped)
     start = time.perf_counter()
-    done = token_cache.build_shard(seqio.get_mixture_or_task(name), split, lengths,
+    done = token_cache.build_shard(provider, split, lengths,
                                    token_cache.ShardSpec(name, index, count), output)
-    if records.SKIPPED.total:
-        print(f"{name} shard {index}: {records.SKIPPED.summary()}", file=sys.stderr)
+    if skipped.total:
+        print(f"{name} shard {index}: {skipped.summary()}", file=sys.stderr)
     return name, index, done, time.perf_counter() - start
 
 
@@ -236,13 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    import tasks  # noqa: F401  registers everything (TensorFlow): after the quiet start
+    import seqio
 
-    records.skip_bad_records_for_the_run(args.skip_bad_records)
+    import tasks  # noqa: F401  registers everything (TensorFlow): after the quiet start
+    from mtf.data import seqio_tasks  # (the same)
+
+    skipped = records.SkipReport()  # every task this command reads reports here
+    for name in seqio.TaskRegistry.names():
+        seqio_tasks.handle_bad_records(seqio.get_mixture_or_task(name), args.skip_bad_records,
+                                       skipped)
     {"list": cmd_list, "show": cmd_show, "lengths": cmd_lengths,
      "cache": cmd_cache}[args.command](args)
-    if records.SKIPPED.total:
-        print(records.SKIPPED.summary(), file=sys.stderr)
+    if skipped.total:
+        print(skipped.summary(), file=sys.stderr)
     return 0
 
 

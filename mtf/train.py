@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import seqio
 from jax.experimental import multihost_utils
 
 from mtf import (
@@ -38,7 +39,7 @@ from mtf import (
     validation,
 )
 from mtf.convert import adapters, loading
-from mtf.data import batches, records
+from mtf.data import batches, records, seqio_tasks
 from mtf.errors import SettingError, UserError
 from mtf.model import T5Config
 
@@ -245,9 +246,11 @@ def _stream_states(stream: batches.Batches) -> dict[str, Any]:
 
 
 def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
-               eval_config: evaluation.EvalConfig | None) -> evaluation.Evaluator | None:
+               eval_config: evaluation.EvalConfig | None, skip_bad_records: bool,
+               skipped: records.SkipReport) -> evaluation.Evaluator | None:
     """The in-training evaluator (EVAL_PERIOD and EVAL_MIXTURE set), its examples read now
-    so a bad evaluation task fails before the first step rather than after hours."""
+    so a bad evaluation task fails before the first step rather than after hours (its bad
+    records handled as the training mixture's are)."""
     if not eval_period or eval_config is None or not eval_config.mixture_or_task_name:
         return None
     if eval_config.optional and not eval_config.registered():
@@ -257,6 +260,8 @@ def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
                   "XNLI_DIR, XCOPA_DIR, XSTORYCLOZE_DIR or XWINOGRAD_DIR; see README)",
                   flush=True)
         return None
+    seqio_tasks.handle_bad_records(seqio.get_mixture_or_task(eval_config.mixture_or_task_name),
+                                   skip_bad_records, skipped)
     evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
     evaluator.examples()
     return evaluator
@@ -341,9 +346,11 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
     chief = jax.process_index() == 0
     lock = _take_run_lock(model_dir, chief)
     try:
-        batches.provider(data)  # fail before any compiling if the mixture is not registered
+        provider = batches.provider(data)  # fails before any compiling if not registered
+        task_names = seqio_tasks.task_names(provider)
         batches.token_cache_of(data)  # and if the token cache is stale or damaged
-        records.skip_bad_records_for_the_run(data.skip_bad_records)
+        skipped = records.SkipReport()  # this run's bad records (SKIP_BAD_RECORDS)
+        seqio_tasks.handle_bad_records(provider, data.skip_bad_records, skipped)
         mesh = partitioning.make_mesh(mesh_shape)
         compiled_step, tx = step_program(
             mesh, model_config=model_config, batch_size=batch_size, data=data,
@@ -352,7 +359,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches,
             dropout_rng=dropout_rng)
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
-        evaluator = _evaluator(model_config, mesh, eval_period, eval_config)
+        evaluator = _evaluator(model_config, mesh, eval_period, eval_config,
+                               data.skip_bad_records, skipped)
         validation_loss = (validation.ValidationLoss(
             model_config, mesh, compiled_step.shardings.model_params(), data, batch_size, loss,
             num_microbatches, eval_steps, jax.process_index(), jax.process_count())
@@ -388,7 +396,8 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         stream = batches.batches(data, batch_size, batches_done, jax.process_index(),
                                  jax.process_count(), _saved_stream_state(position))
         preemption = _Preemption()
-        window = observability.LogWindow(partitioning.gather)
+        window = observability.LogWindow(partitioning.gather, model_config.batch_spec,
+                                         task_names)
         save_clock = _SaveClock(checkpoint_config.minutes)
         losses: dict[int, float] = {}
         last_time, last_step = time.perf_counter(), start
@@ -422,7 +431,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
                     scalars["tokens_per_second"] = tokens_per_step / seconds
                     scalars["step_seconds"] = seconds
                     scalars["mfu"] = step_flops / seconds / (peak * jax.device_count())
-                    scalars["skipped_records"] = float(records.SKIPPED.total)
+                    scalars["skipped_records"] = float(skipped.total)
                     writer.write(done, scalars)
                     last_time, last_step = time.perf_counter(), done
                 if save_now or stop_now:

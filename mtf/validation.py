@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from mtf import partitioning, program, step
-from mtf.data import batches
+from mtf.data import batches, seqio_tasks
 from mtf.errors import SettingError
 from mtf.model import T5Config
 from mtf.observability import LogWindow
@@ -43,13 +43,15 @@ class ValidationLoss:
                                f"the validation loss ({e}); set EVAL_STEPS=None to skip it"
                                ) from None
         self.sharding = partitioning.batch_sharding(mesh)
-        self.keys = tuple(k for k in program.batch_features(data.pack) if k in self.local[0])
+        self.spec = model_config.batch_spec
+        self.task_names = seqio_tasks.task_names(batches.provider(data))
+        self.keys = tuple(k for k in self.spec.step_inputs(data.pack) if k in self.local[0])
         self.run = program.eval_program(model_config.replace(dropout_rate=0.0), mesh,
                                         params_sharding, loss, num_microbatches)
 
     def __call__(self, params: Any) -> dict[str, float]:
         """validation/loss, validation/z_loss, validation/loss/<language>, ... ."""
-        window = LogWindow(partitioning.gather)
+        window = LogWindow(partitioning.gather, self.spec, self.task_names)
         for local in self.local:
             batch = partitioning.global_batch(local, self.sharding, self.keys)
             window.add(self.run(params, batch), local)

@@ -34,7 +34,8 @@ def _translation_templates() -> list[templates.Template]:
 
 def _register(name: str, records_fn, prompts, validation_fraction: float) -> str:
     seqio_tasks.register_task(
-        name, lambda: seqio_tasks.prompted_examples(records_fn(), name, prompts, None),
+        name, lambda bad_records: seqio_tasks.prompted_examples(
+            records_fn(bad_records), name, prompts, None, bad_records),
         vocabularies.mt5(), validation_fraction, metric_fns=[metrics.bleu, metrics.chrf])
     return name
 

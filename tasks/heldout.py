@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mtf import storage
-from mtf.data import evalsets, promptsource, seqio_tasks, templates
+from mtf.data import evalsets, promptsource, records, seqio_tasks, templates
 from tasks import vocabularies
 
 PROMPTSOURCE = Path(__file__).resolve().parent / "templates" / "promptsource"
@@ -46,20 +46,22 @@ def prompts(family: str) -> promptsource.Prompts:
     return promptsource.family(PROMPTSOURCE / english, PROMPTSOURCE / translated)
 
 
-def register_choice_task(name: str, raw: Callable[[], Iterator[dict]], language: str,
-                         chosen: Sequence[templates.Template] | None) -> str:
-    """A rank-classification task: `raw()` records through `chosen` templates (None: the
-    records are already prompted)."""
+def register_choice_task(name: str, raw: Callable[..., Iterator[dict]], language: str,
+                         chosen: Sequence[templates.Template] | None,
+                         skip_bad_records: bool = False) -> str:
+    """A rank-classification task: `raw(bad_records)` records through `chosen` templates
+    (None: the records are already prompted)."""
 
-    def build():
-        return seqio_tasks.choice_examples(evalsets.choice_examples(raw(), chosen, name), name)
+    def build(bad_records: records.BadRecords):
+        return seqio_tasks.choice_examples(
+            evalsets.choice_examples(raw(bad_records), chosen, name), name)
 
     seqio_tasks.register_task(name, build, vocabularies.mt5(), validation_fraction=1.0,
-                              choices=True)
+                              choices=True, skip_bad_records=skip_bad_records)
     return name
 
 
-def register_family(family: str, raw_by_language: dict[str, Callable[[], Iterator[dict]]]
+def register_family(family: str, raw_by_language: dict[str, Callable[..., Iterator[dict]]]
                     ) -> list[str]:
     """`<family>_<lang>` with English prompts for every language, `<family>_{mt,ht}_<lang>`
     where translated prompts exist, and a mixture per prompt kind."""
@@ -81,8 +83,8 @@ def register_multiple_choice(name: str, path: str, language: str | None = None,
                              skip_bad_records: bool = False) -> str:
     """Any jsonl multiple-choice set, already prompted."""
     return register_choice_task(
-        name, lambda: evalsets.multiple_choice(path, language, skip_bad_records),
-        language or "en", None)
+        name, functools.partial(evalsets.multiple_choice, path, language), language or "en",
+        None, skip_bad_records)
 
 
 def register_all(env: dict[str, str] | None = None) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from mtf.data import languages, metrics, mixing, seqio_tasks, xp3
+from mtf.data import languages, metrics, mixing, records, seqio_tasks, xp3
 from tasks import vocabularies
 
 MIXTURES = {"xp3": "xp3", "xp3_proportional": "proportional",
@@ -23,15 +23,15 @@ def register(root: str, vocabulary_path: str | None = None,
     vocabulary = vocabularies.mt5(vocabulary_path)
 
     def register_files(name: str, files: list[str], lang: str) -> None:
-        def build(shard: seqio_tasks.Shard):
+        def build(shard: seqio_tasks.Shard, bad_records: records.BadRecords):
             return seqio_tasks.prompted_examples(
-                xp3.read(files, skip_bad_records, shard=shard), name, None, lang,
-                skip_bad_records)
+                xp3.read(files, bad_records, shard=shard), name, None, lang, bad_records)
 
         seqio_tasks.register_task(name, build, vocabulary, validation_fraction,
                                   metric_fns=[metrics.exact_match], sharded_reader=True,
-                                  files=files)
-        mixing.register_size(name, lambda: sum(xp3.count_lines(f) for f in files))
+                                  files=files,
+                                  size=lambda: sum(xp3.count_lines(f) for f in files),
+                                  skip_bad_records=skip_bad_records)
 
     names = {}
     for lang, folder in xp3.language_dirs(root).items():

@@ -7,9 +7,9 @@ import pytest
 from mtf.data import records, seqio_tasks, templates, xp3
 
 
-def read_all(path, skip=False, report=None):
-    report = report or records.SkipReport()
-    return list(xp3.read([str(path)], skip, report)), report
+def read_all(path, skip=False):
+    policy = records.BadRecords(skip)
+    return list(xp3.read([str(path)], policy)), policy.report
 
 
 GOOD = json.dumps({"inputs": "a", "targets": "b"})
@@ -59,9 +59,9 @@ def test_template_referencing_a_missing_field(tmp_path):
     records_ = [{"question": "why?", "_where": "data.jsonl:7"}, {"question": "a", "answer": "b"}]
     with pytest.raises(records.RecordError, match="data.jsonl:7: template 'ask'"):
         list(seqio_tasks.prompted_examples(records_, "qa", [t], "en"))
-    report = records.SkipReport()
-    kept = list(seqio_tasks.prompted_examples(records_, "qa", [t], "en", True, report))
-    assert len(kept) == 1 and report.total == 1
+    policy = records.BadRecords(skip=True)
+    kept = list(seqio_tasks.prompted_examples(records_, "qa", [t], "en", policy))
+    assert len(kept) == 1 and policy.report.total == 1
 
 
 def test_bad_template_files(tmp_path):

@@ -20,7 +20,7 @@ CONFIG = T5Config(vocab_size=53, emb_dim=16, num_heads=2, num_encoder_layers=1,
 def reference_loss_terms(params, batch, dropout_rng, model, loss, frozen=None):
     """The loss as it was before chunking: whole [batch, length, vocab] logits, autodiff."""
     assert frozen is None  # full finetuning only
-    inputs = {k: batch[k] for k in step.MODEL_INPUTS if k in batch}
+    inputs = {k: batch[k] for k in CONFIG.batch_spec.model_inputs if k in batch}
     logits = model.apply({"params": params}, **inputs, enable_dropout=False)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))

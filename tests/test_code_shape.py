@@ -114,3 +114,43 @@ def test_few_function_local_imports_each_with_its_reason():
     assert len(local) <= MAX_LOCAL_IMPORTS, "\n".join(w for w, _ in local)
     unexplained = [w for w, line in local if "#" not in line]
     assert not unexplained, f"function-local imports without a reason: {unexplained}"
+
+
+# Registration-time queues, filled while modules import, never by a run.
+REGISTRATION_STATE = {
+    "mtf.data.seqio_tasks._PENDING_MIXTURES":
+        "mixtures that name tasks of a module imported later; `import tasks` drains it",
+}
+_MUTATORS = {"append", "add", "update", "setdefault", "pop", "popitem", "clear", "extend",
+             "remove", "discard", "insert", "skip"}
+
+
+def test_no_module_level_mutable_run_state():
+    """No `global` statement, and no module-level container or object that code mutates:
+    run state lives in the objects a run makes (a SkipReport, a LogWindow, a task source)."""
+    found = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        found += [f"{name}:{n.lineno} global {', '.join(n.names)}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Global)]
+        module_level = set()
+        for node in tree.body:
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [node.target] if isinstance(node, ast.AnnAssign) and node.value else [])
+            value = getattr(node, "value", None)
+            mutable = isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp,
+                                         ast.ListComp, ast.SetComp, ast.Call))
+            module_level |= {t.id for t in targets if isinstance(t, ast.Name) and mutable}
+        for node in ast.walk(tree):
+            target = None
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                for t in getattr(node, "targets", None) or [node.target]:
+                    if isinstance(t, (ast.Subscript, ast.Attribute)) and isinstance(
+                            t.value, ast.Name):
+                        target = t.value.id
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in _MUTATORS and isinstance(node.func.value, ast.Name)):
+                target = node.func.value.id
+            if target in module_level and f"{name}.{target}" not in REGISTRATION_STATE:
+                found.append(f"{name}:{node.lineno} mutates module-level {target}")
+    assert not found, "\n".join(found)

@@ -171,8 +171,7 @@ def test_generic_multiple_choice(tmp_path):
                     + json.dumps({"inputs": "x", "answer_choices": ["a"], "label": 0}) + "\n")
     with pytest.raises(records.RecordError, match="mc.jsonl:2: answer_choices must be"):
         list(evalsets.multiple_choice(str(path)))
-    report = records.SkipReport()
-    kept = list(records.guarded(iter([]), lambda w, r: r, True, "x", report))
+    kept = list(records.guarded(iter([]), lambda w, r: r, records.BadRecords(skip=True), "x"))
     assert kept == []
     heldout.register_multiple_choice("my_mc", str(path), skip_bad_records=True)
     (example,) = first("my_mc")

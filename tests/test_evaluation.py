@@ -94,7 +94,7 @@ def test_bad_evaluation_inputs_are_named(tmp_path, mesh, params):
         {"inputs": "q", "answer_choices": ["a", "b"], "label": 2, "language": "sw"}])
     with pytest.raises(records.RecordError, match=r"mc_bad_label.jsonl:2: label 2"):
         evaluation.Evaluator(TINY, mesh, _config(bad)).examples()
-    seqio_tasks.register_task("gen_without_metrics", lambda: [
+    seqio_tasks.register_task("gen_without_metrics", lambda _bad_records: [
         {"inputs": "a", "targets": "b", "language": "sw", "template": "", "language_id": 1,
          "task_id": 1, "split": ""}], mini_xp3.vocabulary(), validation_fraction=1.0,
         in_memory=True)

@@ -24,11 +24,11 @@ import tensorflow as tf
 
 from mtf.data import cached_stream, records, seekable, seqio_tasks, token_cache
 from mtf.errors import SettingError
+from mtf.model import ENCODER_DECODER as SPEC
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
-# task feature -> model feature; per-token ids packed beside the targets they describe.
-METADATA_MODEL_FEATURES = {"targets_language": "decoder_language",
-                           "targets_task": "decoder_task"}
+# task feature -> batch feature: the per-token ids, packed beside the targets they describe
+METADATA_MODEL_FEATURES = dict(zip(seqio_tasks.METADATA_FEATURES, SPEC.ids, strict=True))
 
 
 class MetadataFeatureConverter(seqio.EncDecFeatureConverter):

@@ -30,8 +30,9 @@ import numpy as np
 import seqio
 
 from mtf.data import seekable, seqio_tasks, token_cache
+from mtf.model import ENCODER_DECODER as SPEC
 
-_IDS = ("targets_language", "targets_task")
+_IDS = seqio_tasks.METADATA_FEATURES  # (language, task): the task features of the ids
 # Threads that read and decode batches ahead of the trainer (reads release the GIL).
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
@@ -120,27 +121,28 @@ def unpacked_features(lengths: Mapping[str, int], examples: Sequence[dict[str, n
         for key, array in padded.items():
             array[row, :len(example[key])] = example[key]
     targets = padded["targets"]
-    return {"encoder_input_tokens": padded["inputs"], "decoder_target_tokens": targets,
-            "decoder_input_tokens": _shifted(targets),
-            "decoder_loss_weights": (targets > 0).astype(np.int32),
-            "decoder_language": padded["targets_language"],
-            "decoder_task": padded["targets_task"]}
+    encoder_inputs, decoder_inputs, _ = SPEC.tokens
+    return {encoder_inputs: padded["inputs"], SPEC.targets: targets,
+            decoder_inputs: _shifted(targets),
+            SPEC.loss_weights: (targets > 0).astype(np.int32),
+            SPEC.language: padded[_IDS[0]], SPEC.task: padded[_IDS[1]]}
 
 
 def packed_features(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Grain's packed rows as seqio's EncDecFeatureConverter(pack=True) gives them."""
     stacked = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
     targets, segments = stacked["targets"], stacked["targets_segment_ids"]
-    return {"encoder_input_tokens": stacked["inputs"],
-            "encoder_segment_ids": stacked["inputs_segment_ids"],
-            "encoder_positions": stacked["inputs_positions"],
-            "decoder_target_tokens": targets,
-            "decoder_input_tokens": _shifted(targets, segments),
-            "decoder_loss_weights": (targets > 0).astype(np.int32),
-            "decoder_segment_ids": segments,
-            "decoder_positions": stacked["targets_positions"],
-            "decoder_language": stacked["targets_language"],
-            "decoder_task": stacked["targets_task"]}
+    encoder_inputs, decoder_inputs, _ = SPEC.tokens
+    encoder_segments, decoder_segments, encoder_positions, decoder_positions = SPEC.packing
+    return {encoder_inputs: stacked["inputs"],
+            encoder_segments: stacked["inputs_segment_ids"],
+            encoder_positions: stacked["inputs_positions"],
+            SPEC.targets: targets,
+            decoder_inputs: _shifted(targets, segments),
+            SPEC.loss_weights: (targets > 0).astype(np.int32),
+            decoder_segments: segments,
+            decoder_positions: stacked["targets_positions"],
+            SPEC.language: stacked[_IDS[0]], SPEC.task: stacked[_IDS[1]]}
 
 
 def task_seed(seed: int, task_name: str, process_index: int) -> int:

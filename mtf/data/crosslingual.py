@@ -13,7 +13,8 @@ from mtf.data import languages, records
 
 
 def parallel(source_path: str, target_path: str, source_language: str,
-             target_language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+             target_language: str, bad_records: records.BadRecords | None = None
+             ) -> Iterator[dict]:
     """{source, target, source_language, target_language} for each aligned line pair."""
     src_lang, tgt_lang = languages.normalize(source_language), languages.normalize(
         target_language)
@@ -36,18 +37,20 @@ def parallel(source_path: str, target_path: str, source_language: str,
 
     items = ((f"{target_path}:{i + 1}", pair) for i, pair in enumerate(zip(src, tgt,
                                                                           strict=True)))
-    return records.guarded(items, convert, skip_bad_records, target_path)
+    return records.guarded(items, convert, bad_records, target_path)
 
 
 def both_directions(source_path: str, target_path: str, source_language: str,
-                    target_language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+                    target_language: str, bad_records: records.BadRecords | None = None
+                    ) -> Iterator[dict]:
     yield from parallel(source_path, target_path, source_language, target_language,
-                        skip_bad_records)
+                        bad_records)
     yield from parallel(target_path, source_path, target_language, source_language,
-                        skip_bad_records)
+                        bad_records)
 
 
-def alpaca(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+def alpaca(path: str, language: str, bad_records: records.BadRecords | None = None
+           ) -> Iterator[dict]:
     """Alpaca records (`input` may be empty; `output` may not)."""
     lang = languages.normalize(language)
 
@@ -56,4 +59,4 @@ def alpaca(path: str, language: str, skip_bad_records: bool = False) -> Iterator
                                       nonempty=("instruction", "output"))
         return {**record, "language": lang, "_where": where}
 
-    return records.guarded(records.iter_json_array(path), convert, skip_bad_records, path)
+    return records.guarded(records.iter_json_array(path), convert, bad_records, path)

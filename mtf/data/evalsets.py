@@ -17,8 +17,8 @@ from mtf.data import languages, records, templates
 XNLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
 
 
-def xnli(path: str, language: str | None = None, skip_bad_records: bool = False
-         ) -> Iterator[dict]:
+def xnli(path: str, language: str | None = None,
+         bad_records: records.BadRecords | None = None) -> Iterator[dict]:
     """XNLI-1.0's `xnli.{dev,test}.tsv` (all languages, a `language` column) or a
     per-language tsv with premise/hypothesis/label columns (XNLI's HF export)."""
 
@@ -39,10 +39,11 @@ def xnli(path: str, language: str | None = None, skip_bad_records: bool = False
         return {"premise": premise, "hypothesis": hypothesis, "label": label_id,
                 "language": _lang(lang, where), "_where": where}
 
-    return records.guarded(records.iter_tsv(path), convert, skip_bad_records, path)
+    return records.guarded(records.iter_tsv(path), convert, bad_records, path)
 
 
-def xcopa(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+def xcopa(path: str, language: str, bad_records: records.BadRecords | None = None
+          ) -> Iterator[dict]:
     """XCOPA's `{lang}/test.{lang}.jsonl`: premise, choice1, choice2, question, label."""
 
     def convert(where: str, record: dict) -> dict:
@@ -52,10 +53,11 @@ def xcopa(path: str, language: str, skip_bad_records: bool = False) -> Iterator[
                 "language": _lang(language, where), "_where": where}
 
     return records.jsonl_records(path, ("premise", "choice1", "choice2", "question"),
-                                 skip_bad_records, convert=convert)
+                                 bad_records, convert=convert)
 
 
-def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+def xstorycloze(path: str, language: str, bad_records: records.BadRecords | None = None
+                ) -> Iterator[dict]:
     """XStoryCloze's `spring2016.val.{lang}.tsv.split_20_80_{train,eval}.tsv` (or .csv), as
     the fields of HF's story_cloze that promptsource's templates read."""
     delimiter = "," if path.endswith(".csv") else "\t"
@@ -80,10 +82,11 @@ def xstorycloze(path: str, language: str, skip_bad_records: bool = False) -> Ite
                 "answer_right_ending": label + 1, "label": label,
                 "language": _lang(language, where), "_where": where}
 
-    return records.guarded(rows(), convert, skip_bad_records, path)
+    return records.guarded(rows(), convert, bad_records, path)
 
 
-def xwinograd(path: str, language: str, skip_bad_records: bool = False) -> Iterator[dict]:
+def xwinograd(path: str, language: str, bad_records: records.BadRecords | None = None
+              ) -> Iterator[dict]:
     """XWinograd jsonl: sentence with one `_`, option1, option2, answer ('1' or '2'), as
     winogrande's fields (promptsource's templates read them)."""
 
@@ -95,12 +98,12 @@ def xwinograd(path: str, language: str, skip_bad_records: bool = False) -> Itera
                 "option2": record["option2"], "answer": str(label + 1), "label": label,
                 "language": _lang(language, where), "_where": where}
 
-    return records.jsonl_records(path, ("sentence", "option1", "option2"), skip_bad_records,
+    return records.jsonl_records(path, ("sentence", "option1", "option2"), bad_records,
                                  convert=convert)
 
 
 def multiple_choice(path: str, language: str | None = None,
-                    skip_bad_records: bool = False) -> Iterator[dict]:
+                    bad_records: records.BadRecords | None = None) -> Iterator[dict]:
     """Any multiple-choice set as jsonl: {inputs, answer_choices: [str], label: int,
     language?}; already prompted, so no template is needed."""
 
@@ -116,7 +119,7 @@ def multiple_choice(path: str, language: str | None = None,
         return {**record, "label": _int_label(record.get("label"), len(choices), where),
                 "language": _lang(lang, where), "_where": where}
 
-    return records.jsonl_records(path, ("inputs",), skip_bad_records, nonempty=("inputs",),
+    return records.jsonl_records(path, ("inputs",), bad_records, nonempty=("inputs",),
                                  convert=convert)
 
 

@@ -1,14 +1,15 @@
 """Mixture rates: xP3's published language weights, capped proportional, temperature.
 
 seqio accepts a callable rate per task, evaluated when the mixture is first sampled, so
-sizes are counted lazily (counting a large xP3 tree at import would be slow).
+sizes are counted lazily (counting a large xP3 tree at import would be slow): each task's
+source counts its training examples (`register_task(size=...)`), once.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gin
 
@@ -16,19 +17,11 @@ from mtf.data import languages
 from mtf.errors import SettingError
 
 STRATEGIES = ("xp3", "proportional", "temperature")
-SizeFn = Callable[[], int]
-_SIZES: dict[str, SizeFn] = {}
 
 
-def register_size(task_name: str, count: SizeFn) -> None:
-    """`count()` gives the task's number of training examples (cached after first call)."""
-    _SIZES[task_name] = functools.cache(count)
-
-
-def size(task_name: str) -> int:
-    if task_name not in _SIZES:
-        raise KeyError(f"no example count registered for task {task_name!r}")
-    return _SIZES[task_name]()
+def size(task: Any) -> int:
+    """A registered task's number of training examples (its source counts them once)."""
+    return task.source.train_size()
 
 
 def proportional_rates(sizes: Mapping[str, int], cap: int | None) -> dict[str, float]:
@@ -86,7 +79,7 @@ def rate_fn(strategy: str, language: str | None = None,
         cap, temperature = mixing_options()
         if strategy == "xp3":
             return xp3_rates([language, *same_base])[language]
-        n = size(task.name)
+        n = size(task)
         if strategy == "proportional":
             return proportional_rates({task.name: n}, cap)[task.name]
         return temperature_rates({task.name: n}, temperature, cap)[task.name]

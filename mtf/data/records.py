@@ -1,8 +1,9 @@
 """Reading record files (jsonl, json, tsv) with errors that name the file and line.
 
-A bad record either stops the run with a `RecordError` (the default) or, when the caller
-asks for it with `skip_bad_records=True`, is skipped and counted in a `SkipReport`, which
-logs the count: skipping is never silent.
+A bad record either stops the run with a `RecordError` (the default) or, when the reader's
+`BadRecords` policy says skip, is skipped and counted in the policy's `SkipReport`, which
+logs the count: skipping is never silent. A run makes one policy and hands it to the tasks
+it reads (`seqio_tasks.handle_bad_records`), so the count it reports is its own.
 """
 
 from __future__ import annotations
@@ -61,19 +62,16 @@ class SkipReport:
         return f"skipped {self.total} bad record(s): " + "; ".join(parts)
 
 
-SKIPPED = SkipReport()  # process-wide; `python -m mtf.tasks` and the train loop report it
-_SKIP_FOR_THE_RUN = False
+@dataclasses.dataclass
+class BadRecords:
+    """What a reader does with a bad record: stop with its `RecordError` (skip=False), or
+    skip it and count it in `report` (gin SKIP_BAD_RECORDS, `--skip_bad_records`)."""
+
+    skip: bool = False
+    report: SkipReport = dataclasses.field(default_factory=SkipReport)
 
 
-def skip_bad_records_for_the_run(enabled: bool) -> None:
-    """The run-wide switch (gin SKIP_BAD_RECORDS, `python -m mtf.tasks --skip_bad_records`):
-    every reader skips and counts bad records, whatever its task registered it with."""
-    global _SKIP_FOR_THE_RUN
-    _SKIP_FOR_THE_RUN = enabled
-
-
-def skipping(skip_bad_records: bool) -> bool:
-    return skip_bad_records or _SKIP_FOR_THE_RUN
+STOP = BadRecords()  # readers' default: the first bad record stops (nothing is counted)
 
 
 def open_text(path: str) -> IO[bytes]:
@@ -143,35 +141,34 @@ def iter_tsv(path: str, quoting: int = csv.QUOTE_NONE) -> Iterator[tuple[str, di
 
 
 def guarded(items: Iterator[tuple[str, Any]], convert: Callable[[str, Any], Record | None],
-            skip_bad_records: bool, source: str,
-            report: SkipReport = SKIPPED) -> Iterator[Record]:
+            bad_records: BadRecords | None, source: str) -> Iterator[Record]:
     """Applies `convert(where, item)` to each item; a RecordError stops or is counted."""
+    policy = bad_records or STOP
     while True:
         try:
             where, item = next(items)
         except StopIteration:
             return
         except RecordError as e:  # unreadable line: the iterator cannot resume past it
-            if not skipping(skip_bad_records):
+            if not policy.skip:
                 raise
-            report.skip(source, str(e))
+            policy.report.skip(source, str(e))
             return
         try:
             record = convert(where, item)
         except RecordError as e:
-            if not skipping(skip_bad_records):
+            if not policy.skip:
                 raise
-            report.skip(source, str(e))
+            policy.report.skip(source, str(e))
             continue
         if record is not None:
             yield record
 
 
-def jsonl_records(path: str, required: Sequence[str], skip_bad_records: bool = False,
+def jsonl_records(path: str, required: Sequence[str], bad_records: BadRecords | None = None,
                   optional: Sequence[str] = (), nonempty: Sequence[str] = (),
                   convert: Callable[[str, Record], Record] | None = None,
-                  report: SkipReport = SKIPPED, shard: tuple[int, int] = (0, 1)
-                  ) -> Iterator[Record]:
+                  shard: tuple[int, int] = (0, 1)) -> Iterator[Record]:
     """Validated records of a jsonl file; malformed lines stop the run or are skipped.
 
     shard (index, count): only lines `index`, `index + count`, ... are decoded and parsed
@@ -198,4 +195,4 @@ def jsonl_records(path: str, required: Sequence[str], skip_bad_records: bool = F
         record = check_fields(item, required, where, optional, nonempty)
         return convert(where, record) if convert else record
 
-    return guarded(lines(), parse, skip_bad_records, path, report)
+    return guarded(lines(), parse, bad_records, path)

@@ -8,6 +8,7 @@ and line number, which tf.data's readers cannot do.
 from __future__ import annotations
 
 import functools
+import inspect
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,21 +23,41 @@ from mtf.errors import SettingError
 METADATA_FEATURES = ("targets_language", "targets_task")
 SPLITS = ("train", "validation")
 
-TASK_NAMES: dict[int, str] = {}  # id -> name for every task id handed out in this process
 
 
 def task_id(name: str) -> int:
-    """A stable positive int32 for a task name (CRC-32); TASK_NAMES maps it back."""
-    value = (zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF) or 1
-    if TASK_NAMES.setdefault(value, name) != name:
-        raise SettingError(f"task names {name!r} and {TASK_NAMES[value]!r} share the id {value}; "
-                           "rename one")
-    return value
+    """A stable positive int32 for a task name (CRC-32); `task_names` maps it back."""
+    return (zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF) or 1
 
 
 def tasks_of(provider: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
     """A mixture's tasks, or the task itself."""
     return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def handle_bad_records(provider: seqio.Task | seqio.Mixture, skip: bool,
+                       report: records_lib.SkipReport) -> None:
+    """Hands a run's bad-record policy to every task it reads: skip (and count in the run's
+    `report`) when the run asks (gin SKIP_BAD_RECORDS) or the task was registered so."""
+    for task in tasks_of(provider):
+        source = task.source
+        if isinstance(source, RecordSource):
+            source.bad_records = records_lib.BadRecords(skip or source.skips_bad_records,
+                                                        report)
+
+
+def task_names(provider: seqio.Task | seqio.Mixture) -> dict[int, str]:
+    """id -> name of every task id the examples of `provider` carry (declared when each
+    task was registered), for per-task metrics; two names with one id are an error."""
+    out: dict[int, str] = {}
+    for task in tasks_of(provider):
+        names = getattr(task.source, "task_names", (task.name,))
+        for name in names:
+            value = task_id(name)
+            if out.setdefault(value, name) != name:
+                raise SettingError(f"task names {name!r} and {out[value]!r} share the id "
+                                   f"{value}; rename one")
+    return out
 
 
 def carved_split(key: str, validation_fraction: float) -> str:
@@ -65,16 +86,16 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 
 def prompted_examples(records: Iterable[Mapping[str, Any]], name: str,
                       prompts: Sequence[templates.Template] | None, language: str | None,
-                      skip_bad_records: bool = False,
-                      report: records_lib.SkipReport = records_lib.SKIPPED
+                      bad_records: records_lib.BadRecords | None = None
                       ) -> Iterable[dict[str, Any]]:
     """(inputs, targets, language, template) examples: records through every template.
 
     With `prompts=None` the records are already prompted (`inputs`/`targets`, xP3).
     A record's own `language` field wins over the task's language (xP3x). A record with an
     unknown language or that a template cannot render stops the run, or is skipped and
-    counted when `skip_bad_records`.
+    counted when the `bad_records` policy says so.
     """
+    policy = bad_records or records_lib.STOP
     tid = task_id(name)
     for record in records:
         where = record.get("_where", f"a record of task {name}")
@@ -85,9 +106,9 @@ def prompted_examples(records: Iterable[Mapping[str, Any]], name: str,
                      [(t.id + ("" if t.language == "en" else f"@{t.language}"),
                        *t.apply(record)) for t in prompts])
         except (languages.LanguageError, templates.TemplateError) as e:
-            if not records_lib.skipping(skip_bad_records):
+            if not policy.skip:
                 raise records_lib.RecordError(f"{where}: {e}") from None
-            report.skip(name, f"{where}: {e}")
+            policy.report.skip(name, f"{where}: {e}")
             continue
         for template_id, inputs, targets in pairs:
             yield {"inputs": inputs, "targets": targets, "language": lang,
@@ -120,9 +141,11 @@ Shard = tuple[int, int]  # (index, count): this process's share of a task's reco
 
 
 class RecordSource(seqio.DataSource):
-    """A seqio source over `examples_fn`; a record's `split` field wins, else carved.
+    """A seqio source over `examples_fn(bad_records)`; a record's `split` field wins, else
+    carved. `bad_records` is the policy of the run reading the task (`handle_bad_records`;
+    until one does, the task's registered one).
 
-    sharded_reader: `examples_fn(shard)` reads and parses only its share of the records
+    sharded_reader: `examples_fn(shard, bad_records)` reads and parses only its share of the records
     (xP3's jsonl files: see `records.jsonl_records`); otherwise every record is generated
     and the split's examples are dealt out by position (small and in-memory tasks).
     in_memory: build the split's examples once into tensors (fast, for small tasks such as
@@ -134,7 +157,9 @@ class RecordSource(seqio.DataSource):
     def __init__(self, examples_fn: Callable[..., Iterable[Mapping[str, Any]]],
                  validation_fraction: float = 0.05, splits: Sequence[str] = SPLITS,
                  in_memory: bool = False, choices: bool = False, sharded_reader: bool = False,
-                 files: Callable[[], Sequence[str]] | Sequence[str] = ()) -> None:
+                 files: Callable[[], Sequence[str]] | Sequence[str] = (),
+                 task_names: Sequence[str] = (), size: Callable[[], int] | None = None,
+                 skip_bad_records: bool = False) -> None:
         if in_memory and choices:
             raise SettingError("rank-classification tasks stream (their answer lists are "
                                "ragged); register them with in_memory=False")
@@ -144,7 +169,18 @@ class RecordSource(seqio.DataSource):
         self._in_memory = in_memory
         self._sharded_reader = sharded_reader
         self._files = files
+        self.task_names = tuple(task_names)
+        self.skips_bad_records = skip_bad_records  # as registered; a run may add skipping
+        self.bad_records = records_lib.BadRecords(skip=skip_bad_records)
+        self._size = functools.cache(size) if size else None
         self.signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
+
+    def train_size(self) -> int:
+        """The number of training examples (for mixing rates), counted once."""
+        if self._size is None:
+            raise SettingError("this task registered no example count (register_task's "
+                               "`size`): mix it with explicit rates")
+        return self._size()
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -160,9 +196,9 @@ class RecordSource(seqio.DataSource):
         """This shard's examples of `split`, as Python values (the signature's fields)."""
         index, count = shard
         if self._sharded_reader:
-            stream = self._examples_fn(shard)
+            stream = self._examples_fn(shard, self.bad_records)
         else:
-            stream = self._examples_fn()
+            stream = self._examples_fn(self.bad_records)
         position = 0
         for example in stream:
             if split_of(example, self._validation_fraction) != split:
@@ -196,25 +232,47 @@ def add_metadata(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return out
 
 
+def _check_takes_bad_records(name: str, examples_fn: Callable, sharded_reader: bool) -> None:
+    """A user's examples function must take the run's bad-record policy: say so when it is
+    registered, not with a TypeError from inside tf.data's reader thread."""
+    wanted = "(shard, bad_records)" if sharded_reader else "(bad_records)"
+    try:
+        inspect.signature(examples_fn).bind(*([(0, 1)] if sharded_reader else []), None)
+    except TypeError:
+        raise SettingError(f"task {name!r}: its examples function must take {wanted}: the "
+                           "run's policy for malformed records, to pass on to the record "
+                           "readers (records.jsonl_records(..., bad_records=bad_records))"
+                           ) from None
+    except ValueError:  # a builtin without a readable signature: trust it
+        pass
+
+
 def register_task(name: str, examples_fn: Callable[..., Iterable[Mapping[str, Any]]],
                   vocabulary: seqio.Vocabulary, validation_fraction: float = 0.05,
                   metric_fns: Sequence[Callable] = (), replace: bool = True,
                   in_memory: bool = False, choices: bool = False,
                   sharded_reader: bool = False,
-                  files: Callable[[], Sequence[str]] | Sequence[str] = ()) -> seqio.Task:
+                  files: Callable[[], Sequence[str]] | Sequence[str] = (),
+                  task_names: Sequence[str] = (), size: Callable[[], int] | None = None,
+                  skip_bad_records: bool = False) -> seqio.Task:
     """Registers a seqio Task over prompted examples (tokenised, EOS, per-token metadata).
 
     choices: the examples are rank-classification ones (`answer_choices`, `label`, see
     `choice_examples`), kept as features for scoring every choice. sharded_reader, files:
-    see `RecordSource`.
+    see `RecordSource`. task_names: the names the examples' task ids stand for, when not
+    the task's own (the mini-xP3's task types), for per-task metrics. size: counts the
+    training examples (mixing rates by size call it once). skip_bad_records: this task
+    skips (and counts) bad records even when the run does not ask it to.
     """
+    _check_takes_bad_records(name, examples_fn, sharded_reader)
     if replace and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     splits = ("validation",) if validation_fraction >= 1.0 else SPLITS
     return seqio.TaskRegistry.add(
         name,
         source=RecordSource(examples_fn, validation_fraction, splits, in_memory, choices,
-                            sharded_reader, files),
+                            sharded_reader, files, tuple(task_names) or (name,), size,
+                            skip_bad_records),
         preprocessors=[
             seqio.preprocessors.tokenize,
             seqio.preprocessors.append_eos_after_trim,

@@ -50,9 +50,8 @@ def language_files(folder: str, language: str) -> list[str]:
     return files
 
 
-def read(files: list[str], skip_bad_records: bool = False,
-         report: records.SkipReport = records.SKIPPED, shard: tuple[int, int] = (0, 1)
-         ) -> Iterator[dict]:
+def read(files: list[str], bad_records: records.BadRecords | None = None,
+         shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
     """Validated records of `files`, each tagged with `_where` (file:line) for later errors;
     with `shard` (index, count) only that share of each file's lines is parsed."""
 
@@ -65,9 +64,8 @@ def read(files: list[str], skip_bad_records: bool = False,
         return {**record, "_where": where}
 
     for path in files:
-        yield from records.jsonl_records(path, REQUIRED, skip_bad_records, OPTIONAL,
-                                         nonempty=("targets",), convert=tag, report=report,
-                                         shard=shard)
+        yield from records.jsonl_records(path, REQUIRED, bad_records, OPTIONAL,
+                                         nonempty=("targets",), convert=tag, shard=shard)
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from mtf.errors import SettingError
+from mtf.model.features import ENCODER_DECODER, BatchSpec
 
 ACTIVATIONS = ("gelu", "relu", "linear")
 # What each layer keeps for the backward pass (the rest is recomputed): 'none' keeps all,
@@ -140,6 +141,11 @@ class T5Config:
         attention (the TPU flash kernel is a training-step choice; inference takes any
         length on any platform)."""
         return self.replace(dropout_rate=0.0, remat_policy="none", attention_kernel="xla")
+
+    @property
+    def batch_spec(self) -> BatchSpec:
+        """The batch this family (encoder-decoder) trains on: its feature names."""
+        return ENCODER_DECODER
 
     @property
     def base(self) -> T5Config:
