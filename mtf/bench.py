@@ -47,9 +47,10 @@ import gin
 import jax
 import numpy as np
 
-from mtf import cli, config, decode, flops, optim, partitioning, program, score, state, step
+from mtf import cli, config, flops, optim, partitioning, program, state, step
 from mtf.config import split_gin_flags
 from mtf.errors import SettingError
+from mtf.eval import decoding, scoring
 from mtf.model import BatchSpec, LoraConfig, init_params
 from mtf.model.config import REMAT_POLICIES
 
@@ -156,12 +157,12 @@ def decode_bench(args: argparse.Namespace) -> dict:
     model_config = _model_config(args)
     mesh = partitioning.make_mesh((-1, 1, 1))
     params = jax.jit(init_params, static_argnums=0,
-                     out_shardings=decode.params_shardings(model_config, mesh))(
+                     out_shardings=decoding.params_shardings(model_config, mesh))(
         model_config, jax.random.key(0))
     rng = np.random.default_rng(0)
     inputs = rng.integers(2, args.vocab, (args.batch, args.inputs), dtype=np.int32)
     inputs[:, -1] = 1
-    decoder = decode.Decoder(model_config, decode.DecodeConfig(
+    decoder = decoding.Decoder(model_config, decoding.DecodeConfig(
         max_decode_length=args.targets, min_decode_length=args.targets), mesh)
     result = {}
 
@@ -173,9 +174,9 @@ def decode_bench(args: argparse.Namespace) -> dict:
     choices = [[list(rng.integers(2, args.vocab, args.targets - 1)) + [1]
                 for _ in range(args.choices)] for _ in range(args.batch)]
     prompts = [list(row) for row in inputs]
-    together = score.Scorer(model_config, mesh, args.batch, args.inputs, args.targets,
+    together = scoring.Scorer(model_config, mesh, args.batch, args.inputs, args.targets,
                             args.batch * args.choices)
-    alone = score.Scorer(model_config, mesh, args.batch, args.inputs, args.targets, args.batch)
+    alone = scoring.Scorer(model_config, mesh, args.batch, args.inputs, args.targets, args.batch)
     score_s = _best_seconds(lambda: together.score(params, prompts, choices), args.repeats)
     separate_s = _best_seconds(lambda: [alone.score(params, prompts, [[c[k]] for c in choices])
                                         for k in range(args.choices)], args.repeats)

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from mtf import cli, decode, partitioning, storage
-from mtf import score as scoring
+from mtf import cli, partitioning, storage
 from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError
+from mtf.eval import decoding, scoring
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def _vocabulary(args: argparse.Namespace, stored: str | None):
 
 
 def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[list[int]], int]:
-    from mtf.evaluation import cut_to_length  # seqio and TensorFlow: after the quiet start
+    from mtf.eval.evaluation import cut_to_length  # seqio and TensorFlow: after the quiet start
 
     out, cut = [], 0
     for text in texts:
@@ -107,7 +107,7 @@ def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[l
 
 def _setup(args):
 
-    from mtf import evaluation  # seqio and TensorFlow: loaded after the quiet start
+    from mtf.eval import evaluation  # seqio and TensorFlow: loaded after the quiet start
 
     loaded = load_checkpoint(args.checkpoint, setting="--checkpoint", adapter=args.adapter)
     mesh = partitioning.make_mesh((-1, 1, 1))
@@ -126,13 +126,13 @@ def generate(args: argparse.Namespace) -> int:
     if not rows:
         raise SettingError("no prompts: give them as arguments, one per line on stdin, or "
                            "--input_file F.jsonl")
-    cfg = decode.DecodeConfig(args.max_decode_length, args.beam_size, args.alpha,
+    cfg = decoding.DecodeConfig(args.max_decode_length, args.beam_size, args.alpha,
                               args.temperature, args.top_k, args.top_p, args.num_samples,
                               args.seed)
     loaded, mesh, params, vocab = _setup(args)
     prompts, _ = _encode(vocab, [r["inputs"] for r in rows], args.max_input_length, "prompts")
     length = max(len(p) for p in prompts)
-    decoder = decode.Decoder(loaded.config, cfg, mesh)
+    decoder = decoding.Decoder(loaded.config, cfg, mesh)
     answers: list[list[str]] = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start:start + args.batch_size]
@@ -141,7 +141,7 @@ def generate(args: argparse.Namespace) -> int:
             enc[i, :len(p)] = p
         out = decoder(params, enc)
         for i in range(len(chunk)):
-            answers.append([vocab.decode(decode.until_eos(t)) for t in out.tokens[i]])
+            answers.append([vocab.decode(decoding.until_eos(t)) for t in out.tokens[i]])
     for row, texts in zip(rows, answers, strict=True):
         print("\t".join(texts))
         row["prediction"] = texts[0] if len(texts) == 1 else texts

@@ -6,15 +6,16 @@ from typing import Any
 
 import gin
 
-from mtf import eval_loop, train
+from mtf import train
 from mtf.errors import SettingError
+from mtf.eval import runner
 
 MODES = ("train", "eval", "infer")
 
 
 def run(mode: str = "train") -> Any:
     """Dispatches to the configured loop: gin/runs/finetune.gin, eval.gin or infer.gin."""
-    loops = {"train": train.train, "eval": eval_loop.evaluate, "infer": eval_loop.infer}
+    loops = {"train": train.train, "eval": runner.evaluate, "infer": runner.infer}
     if mode not in loops:
         raise SettingError(f"runs.run.mode={mode!r}: choose one of {MODES}")
     return gin.get_configurable(loops[mode])()

@@ -25,22 +25,20 @@ from jax.experimental import multihost_utils
 
 from mtf import (
     checkpoint,
-    evaluation,
     flops,
     observability,
     optim,
     partitioning,
     program,
-    report,
     runlock,
     state,
     step,
     storage,
-    validation,
 )
 from mtf.convert import adapters, loading
 from mtf.data import batches, records, seqio_tasks
 from mtf.errors import SettingError, UserError
+from mtf.eval import evaluation, report, validation
 from mtf.model import T5Config
 
 

@@ -9,7 +9,8 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax
 import numpy as np
 
-from mtf import decode, evaluation, partitioning, score
+from mtf import partitioning
+from mtf.eval import decoding, evaluation, scoring
 from mtf.model import T5Config, init_params
 
 assert jax.device_count() == 8, jax.devices()
@@ -29,11 +30,11 @@ def run(shape):
     mesh = partitioning.make_mesh(shape, devices)
     params = evaluation.place_params(PARAMS, CONFIG, mesh)
     embedding = params["token_embedder"]["embedding"]
-    greedy = decode.Decoder(CONFIG, decode.DecodeConfig(max_decode_length=6), mesh)(
+    greedy = decoding.Decoder(CONFIG, decoding.DecodeConfig(max_decode_length=6), mesh)(
         params, INPUTS)
-    beams = decode.Decoder(CONFIG, decode.DecodeConfig(max_decode_length=5, beam_size=3),
+    beams = decoding.Decoder(CONFIG, decoding.DecodeConfig(max_decode_length=5, beam_size=3),
                            mesh)(params, INPUTS)
-    scored = score.Scorer(CONFIG, mesh, 8, 10, 6, 24).score(params, PROMPTS, CHOICES)
+    scored = scoring.Scorer(CONFIG, mesh, 8, 10, 6, 24).score(params, PROMPTS, CHOICES)
     return greedy, beams, scored, embedding.sharding.spec
 
 

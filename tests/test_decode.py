@@ -11,9 +11,10 @@ from conftest import random_batch
 from hf_reference import random_hf_mt5
 from test_hf_numerics import CONFIGS
 
-from mtf import decode, partitioning
+from mtf import partitioning
 from mtf.convert import load_hf
 from mtf.errors import SettingError
+from mtf.eval import decoding
 from mtf.model import T5Config, Transformer, init_params
 
 
@@ -57,14 +58,14 @@ def test_greedy_equals_hf_generate_on_padded_batches(tmp_path, mesh, name):
     inputs = random_batch(np.random.default_rng(3), config.vocab_size, batch=4,
                           inputs=13)["encoder_input_tokens"]
     length = 12
-    ours = decode.Decoder(config, decode.DecodeConfig(max_decode_length=length), mesh)(
+    ours = decoding.Decoder(config, decoding.DecodeConfig(max_decode_length=length), mesh)(
         params, inputs)
     theirs = _hf_greedy(model, inputs, length)
     np.testing.assert_array_equal(_ends_after_eos(ours.tokens[:, 0]), theirs)
-    beam1 = decode.Decoder(config, decode.DecodeConfig(max_decode_length=length, beam_size=1),
+    beam1 = decoding.Decoder(config, decoding.DecodeConfig(max_decode_length=length, beam_size=1),
                            mesh)(params, inputs)
     np.testing.assert_array_equal(beam1.tokens, ours.tokens)
-    top1 = decode.Decoder(config, decode.DecodeConfig(max_decode_length=length,
+    top1 = decoding.Decoder(config, decoding.DecodeConfig(max_decode_length=length,
                                                       temperature=0.7, top_k=1), mesh)(
         params, inputs)
     np.testing.assert_array_equal(top1.tokens, ours.tokens)
@@ -102,7 +103,7 @@ def test_wide_beam_finds_the_exhaustive_best_and_scores_are_log_likelihoods(mesh
     params = jax.tree.map(lambda x: x * 3.0, params)  # peaky distributions, so ties are rare
     length, beam = 4, 64  # 4 non-EOS words: 4**3 = 64 prefixes, so this beam is exact
     inputs = np.array([[3, 4, 5, 2, 1, 0]], np.int32)
-    result = decode.Decoder(config, decode.DecodeConfig(max_decode_length=length,
+    result = decoding.Decoder(config, decoding.DecodeConfig(max_decode_length=length,
                                                         beam_size=beam, alpha=alpha), mesh)(
         params, inputs)
     hypotheses = _every_hypothesis(config.vocab_size, length)
@@ -124,9 +125,9 @@ def test_wide_beam_finds_the_exhaustive_best_and_scores_are_log_likelihoods(mesh
 def test_sampling_respects_top_k_and_top_p():
     logits = jnp.log(jnp.array([[0.05, 0.5, 0.2, 0.15, 0.1]] * 2000))
     keys = jax.random.split(jax.random.key(0), 2)
-    top2 = jax.random.categorical(keys[0], decode.filter_logits(logits, top_k=2))
+    top2 = jax.random.categorical(keys[0], decoding.filter_logits(logits, top_k=2))
     assert set(np.unique(top2)) == {1, 2}
-    nucleus = jax.random.categorical(keys[1], decode.filter_logits(logits, top_p=0.8))
+    nucleus = jax.random.categorical(keys[1], decoding.filter_logits(logits, top_p=0.8))
     assert set(np.unique(nucleus)) == {1, 2, 3}  # 0.5 + 0.2 < 0.8 <= 0.5 + 0.2 + 0.15
 
 
@@ -134,8 +135,8 @@ def test_samples_stay_inside_top_k_of_the_model(tmp_path, mesh):
     model, config, params = _hf_and_ours(tmp_path, "odd", seed=2)
     inputs = random_batch(np.random.default_rng(5), config.vocab_size, batch=2,
                           inputs=9)["encoder_input_tokens"]
-    cfg = decode.DecodeConfig(max_decode_length=1, temperature=1.5, top_k=3, num_samples=64)
-    out = decode.Decoder(config, cfg, mesh)(params, inputs)
+    cfg = decoding.DecodeConfig(max_decode_length=1, temperature=1.5, top_k=3, num_samples=64)
+    out = decoding.Decoder(config, cfg, mesh)(params, inputs)
     with torch.no_grad():
         first = model(input_ids=torch.tensor(inputs, dtype=torch.long),
                       attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
@@ -149,11 +150,11 @@ def test_samples_stay_inside_top_k_of_the_model(tmp_path, mesh):
 
 def test_bad_decode_settings_are_named():
     with pytest.raises(SettingError, match="temperature"):
-        decode.DecodeConfig(temperature=-1)
+        decoding.DecodeConfig(temperature=-1)
     with pytest.raises(SettingError, match="not both"):
-        decode.DecodeConfig(beam_size=4, temperature=0.5)
+        decoding.DecodeConfig(beam_size=4, temperature=0.5)
     with pytest.raises(SettingError, match="top_p"):
-        decode.DecodeConfig(top_p=0.0)
+        decoding.DecodeConfig(top_p=0.0)
 
 
 def _hf_choice_log_likelihood(model, prompt, choice):
@@ -167,7 +168,7 @@ def _hf_choice_log_likelihood(model, prompt, choice):
 
 @pytest.mark.parametrize("length_normalized", [False, True])
 def test_rank_classification_equals_hf_log_likelihoods(tmp_path, mesh, length_normalized):
-    from mtf import score
+    from mtf.eval import scoring
 
     model, config, params = _hf_and_ours(tmp_path, "odd", seed=8)
     rng = np.random.default_rng(0)
@@ -178,7 +179,7 @@ def test_rank_classification_equals_hf_log_likelihoods(tmp_path, mesh, length_no
     prompts = [tokens(n) for n in (5, 11, 3, 8, 9)]
     choices = [[tokens(n) for n in lengths] for lengths in
                ([1, 4], [2, 2, 6], [5, 1, 3, 2], [3], [7, 2])]
-    scorer = score.Scorer(config, mesh, batch_size=2, input_length=12, target_length=8,
+    scorer = scoring.Scorer(config, mesh, batch_size=2, input_length=12, target_length=8,
                           rows=5)
     scored = scorer.score(params, prompts, choices, length_normalized=length_normalized)
     for prompt, options, got, prediction in zip(prompts, choices, scored.scores,

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 import tasks  # noqa: F401  registers the mini-xP3
-from mtf import eval_loop, evaluation, partitioning, report
+from mtf import partitioning
 from mtf.convert import save_params
 from mtf.convert.errors import CheckpointError
 from mtf.data import records, seqio_tasks
 from mtf.errors import SettingError
+from mtf.eval import evaluation, report, runner
 from mtf.model import T5Config, init_params
 from tasks import heldout, mini_xp3
 from tests.train_helpers import REPO, env
@@ -106,7 +107,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_named(tmp_path):
     save_params(tmp_path / "params", TINY, init_params(TINY, jax.random.key(1)))
     other = TINY.replace(emb_dim=48)
     with pytest.raises(CheckpointError, match="CHECKPOINT_PATH=.*emb 32.*emb 48"):
-        eval_loop.evaluate(model_config=other, checkpoint_path=str(tmp_path / "params"),
+        runner.evaluate(model_config=other, checkpoint_path=str(tmp_path / "params"),
                            model_dir=str(tmp_path / "run"),
                            eval_config=_config("mini_xp3_heldout_ig", max_examples_per_task=1))
 
@@ -138,8 +139,9 @@ def test_validation_loss_is_the_train_loss_on_the_validation_split(mesh, params)
     validation batches, microbatched or not; per-language losses come with it."""
     import dataclasses
 
-    from mtf import step, validation
+    from mtf import step
     from mtf.data import batches
+    from mtf.eval import validation
     from mtf.model import Transformer
     data = batches.DataConfig("mini_xp3_sw", {"inputs": 24, "targets": 12}, pack=True)
     loss = step.LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE", z_loss=1e-4)

@@ -141,7 +141,8 @@ def test_flash_attention_with_large_tiles_matches_dot_product_attention(q_len, k
 
 
 def test_tpu_kernels_are_refused_on_other_devices_and_scoring_never_uses_them():
-    from mtf import partitioning, program, score
+    from mtf import partitioning, program
+    from mtf.eval import scoring
     from mtf.step import LossConfig
 
     mesh = partitioning.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -154,5 +155,5 @@ def test_tpu_kernels_are_refused_on_other_devices_and_scoring_never_uses_them():
     params = init_params(CFG, jax.random.key(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(2, 64, (2, 10)), jnp.int32)
     rows = (params, tokens, jnp.array([0, 1]), tokens[:, :5])
-    np.testing.assert_array_equal(score.score_rows(*rows, config=flash_config)[0],
-                                  score.score_rows(*rows, config=CFG)[0])
+    np.testing.assert_array_equal(scoring.score_rows(*rows, config=flash_config)[0],
+                                  scoring.score_rows(*rows, config=CFG)[0])

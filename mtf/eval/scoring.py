@@ -21,8 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import losses, partitioning
-from mtf.decode import global_array, params_shardings
 from mtf.errors import SettingError
+from mtf.eval.decoding import global_array, params_shardings
 from mtf.model import T5Config, Transformer, output_projection
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import seqio
 
-from mtf import decode, partitioning, score
+from mtf import partitioning
 from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
+from mtf.eval import decoding, scoring
 from mtf.model import T5Config
 
 
@@ -77,7 +78,7 @@ def cut_to_length(tokens: Sequence[int], length: int) -> tuple[list[int], bool]:
     tokens = [int(t) for t in tokens]
     if len(tokens) <= length:
         return tokens, False
-    return tokens[:length - 1] + [decode.EOS_ID], True
+    return tokens[:length - 1] + [decoding.EOS_ID], True
 
 
 def dataset_name(example_task_id: int, task_name: str, language: str,
@@ -116,8 +117,8 @@ class Evaluator:
         self.target_length = int(config.task_feature_lengths["targets"])
         self.truncation = Truncation()
         self._examples: dict[str, list[Example]] | None = None
-        self._scorer: score.Scorer | None = None
-        self._decoder: decode.Decoder | None = None
+        self._scorer: scoring.Scorer | None = None
+        self._decoder: decoding.Decoder | None = None
 
     # -- examples -------------------------------------------------------------------------
     def examples(self) -> dict[str, list[Example]]:
@@ -168,7 +169,7 @@ class Evaluator:
                     f"{label} but {len(texts)} answer choices")
             choices = []
             for text in texts:
-                tokens, cut = cut_to_length(list(vocab.encode(text)) + [decode.EOS_ID],
+                tokens, cut = cut_to_length(list(vocab.encode(text)) + [decoding.EOS_ID],
                                    self.target_length)
                 self.truncation.choices += cut
                 choices.append(tokens)
@@ -177,20 +178,20 @@ class Evaluator:
         return example
 
     # -- scoring --------------------------------------------------------------------------
-    def _scorer_for(self, rows: int) -> score.Scorer:
+    def _scorer_for(self, rows: int) -> scoring.Scorer:
         if self._scorer is None or self._scorer.rows < rows:
-            self._scorer = score.Scorer(self.model_config, self.mesh, self.config.batch_size,
+            self._scorer = scoring.Scorer(self.model_config, self.mesh, self.config.batch_size,
                                         self.input_length, self.target_length, rows)
         return self._scorer
 
-    def _decoder_for(self) -> decode.Decoder:
+    def _decoder_for(self) -> decoding.Decoder:
         if self._decoder is None:
-            self._decoder = decode.Decoder(self.model_config, decode.DecodeConfig(
+            self._decoder = decoding.Decoder(self.model_config, decoding.DecodeConfig(
                 max_decode_length=self.config.max_decode_length or self.target_length,
                 beam_size=self.config.beam_size, alpha=self.config.alpha), self.mesh)
         return self._decoder
 
-    def rank(self, params: Any, examples: Sequence[Example]) -> score.Scored:
+    def rank(self, params: Any, examples: Sequence[Example]) -> scoring.Scored:
         most = max(len(e.choices or ()) for e in examples)
         scorer = self._scorer_for(self.config.batch_size * most)
         return scorer.score(params, [e.inputs for e in examples],
@@ -205,7 +206,7 @@ class Evaluator:
             for i, e in enumerate(chunk):
                 enc[i, :len(e.inputs)] = e.inputs
             tokens = decoder(params, enc).tokens[:len(chunk), 0]
-            texts += [vocab.decode(decode.until_eos(row)) for row in tokens]
+            texts += [vocab.decode(decoding.until_eos(row)) for row in tokens]
         return texts
 
     def run(self, params: Any, keep_predictions: bool = False) -> dict[str, Any]:
@@ -280,4 +281,4 @@ def _grouped(examples: Sequence[Example]) -> dict[tuple[str, str, str], list[int
 
 def place_params(params: Any, config: T5Config, mesh: Any) -> Any:
     """Host parameters onto the mesh with the training shardings."""
-    return partitioning.place(params, decode.params_shardings(config, mesh))
+    return partitioning.place(params, decoding.params_shardings(config, mesh))

@@ -10,9 +10,10 @@ from typing import Any
 
 import jax
 
-from mtf import evaluation, partitioning, report, storage
+from mtf import partitioning, storage
 from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError
+from mtf.eval import evaluation, report
 from mtf.model import T5Config
 
 
