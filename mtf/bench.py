@@ -193,14 +193,13 @@ def decode_bench(args: argparse.Namespace) -> dict:
 
 def input_bench(args: argparse.Namespace, bindings: Sequence[str], started: float) -> dict:
     """The trainer's stream for a gin recipe: first batch, rate, resume (see the doc)."""
-    from mtf import plan  # the trainer's stream (seqio, TensorFlow): after the quiet start
+    from mtf import run_config  # the trainer's stream (TensorFlow): after the quiet start
     from mtf.data import batches  # (the same)
 
     config.parse(args.gin_file, ["MODEL_DIR=/nonexistent/mtf-bench"] + list(bindings))
     config.register_xp3_from_gin()
-    arguments = plan.train_arguments()
-    spec = arguments["model_config"].batch_spec
-    data, batch_size = arguments.get("data") or batches.DataConfig(), arguments["batch_size"]
+    run = run_config.from_gin()
+    spec, data, batch_size = run.model_config.batch_spec, run.data, run.batch_size
     if not 0 <= args.process_index < args.process_count:
         raise SettingError(f"--process_index {args.process_index} is not in "
                            f"0..{args.process_count - 1}")

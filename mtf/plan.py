@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -74,16 +73,11 @@ def _devices(slice_: hardware.Slice, how: str) -> list[Any]:
     return devices
 
 
-def train_arguments() -> dict[str, Any]:
-    """`train.train`'s arguments as the parsed gin files bind them (defaults filled in)."""
-    import gin
+def run_config() -> Any:
+    """The `RunConfig` the parsed gin files bind (the run `mtf.launch` would train)."""
+    from mtf import run_config as run_config_lib  # jax: after _environment chose the devices
 
-    from mtf import train  # jax: after _environment chose the slice's devices
-
-    arguments = {name: p.default for name, p in inspect.signature(train.train).parameters.items()
-                 if p.default is not inspect.Parameter.empty}
-    arguments.update(gin.get_bindings(train.train))
-    return arguments
+    return run_config_lib.from_gin()
 
 
 def _shard_bytes(leaf: Any, sharding: Any) -> float:
@@ -194,7 +188,7 @@ def kernel_costs(hlo: str) -> dict[str, Any]:
     return {"flops": flops, "bytes": moved, "uncounted": uncounted}
 
 
-def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, int],
+def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
                        optimizer_only: bool) -> dict[str, float]:
     """Cost of one microbatch's step (or the optimizer update alone) at a reduced depth,
     compiled without loops: layers unscanned, loss chunks unrolled."""
@@ -203,13 +197,13 @@ def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, 
 
     from mtf import train  # jax: after _environment chose the slice's devices
 
-    model = arguments["model_config"].replace(scan_layers=False, num_encoder_layers=depths[0],
-                                              num_decoder_layers=depths[1])
-    probe_arguments = dict(
-        arguments, model_config=model, num_microbatches=1,
-        batch_size=arguments["batch_size"] // arguments["num_microbatches"],
-        loss=dataclasses.replace(arguments["loss"], unroll_chunks=True))
-    probe, tx = train.step_program(mesh, **probe_arguments)
+    model = config.model_config.replace(scan_layers=False, num_encoder_layers=depths[0],
+                                        num_decoder_layers=depths[1])
+    probe_config = config.replace(
+        model_config=model, num_microbatches=1,
+        batch_size=config.batch_size // config.num_microbatches,
+        loss=dataclasses.replace(config.loss, unroll_chunks=True))
+    probe, tx = train.step_program(mesh, probe_config)
     if not optimizer_only:
         return _cost(probe.compile())
     params, shardings = probe.abstract_state.params, probe.shardings
@@ -218,7 +212,7 @@ def _depth_probe_costs(arguments: dict[str, Any], mesh: Any, depths: tuple[int, 
     return _cost(update.lower(params, probe.abstract_state.opt_state, params).compile())
 
 
-def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
+def loop_free_cost(config: Any, mesh: Any) -> dict[str, float]:
     """Per-device FLOPs and HBM bytes of one step as if nothing were a loop.
 
     XLA counts a loop body once, so the step is compiled without loops at depths (1, 1),
@@ -227,11 +221,11 @@ def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
     full unscanned compile). k microbatches cost k one-microbatch steps less k - 1
     optimizer updates (extended the same way).
     """
-    model = arguments["model_config"]
+    model = config.model_config
     depth = (model.num_encoder_layers, model.num_decoder_layers)
 
     def extended(optimizer_only: bool) -> dict[str, float]:
-        base, enc, dec = (_depth_probe_costs(arguments, mesh, d, optimizer_only)
+        base, enc, dec = (_depth_probe_costs(config, mesh, d, optimizer_only)
                           for d in ((1, 1), (2, 1), (1, 2)))
         return {key: base[key] + (depth[0] - 1) * (enc[key] - base[key])
                 + (depth[1] - 1) * (dec[key] - base[key])
@@ -239,7 +233,7 @@ def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
                     "uncounted_kernels": sorted(set(base["uncounted_kernels"]))}
 
     step_cost = extended(False)
-    k = arguments["num_microbatches"]
+    k = config.num_microbatches
     if k == 1:
         return step_cost
     update_cost = extended(True)
@@ -248,10 +242,10 @@ def loop_free_cost(arguments: dict[str, Any], mesh: Any) -> dict[str, float]:
                 "uncounted_kernels": step_cost["uncounted_kernels"]}
 
 
-def _advice(arguments: dict[str, Any], mesh_shape: dict[str, int], state_bytes: float,
+def _advice(config: Any, mesh_shape: dict[str, int], state_bytes: float,
             hbm: float) -> list[str]:
-    model, loss = arguments["model_config"], arguments["loss"]
-    k, batch = arguments["num_microbatches"], arguments["batch_size"]
+    model, loss = config.model_config, config.loss
+    k, batch = config.num_microbatches, config.batch_size
     batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
     tips = []
     if state_bytes > 0.5 * hbm:
@@ -280,24 +274,24 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     from mtf import flops, partitioning, train  # jax: after _environment chose the devices
     from mtf.data import batches  # (the same)
 
-    arguments = train_arguments()
+    config = run_config()
     with quiet.native_stderr_silenced(not verbose):  # libtpu's notes on worker hostnames
         devices = _devices(slice_, how)
-    mesh = partitioning.make_mesh(arguments["mesh_shape"], devices)
-    program, _ = train.step_program(mesh, **arguments)
-    model = arguments["model_config"]
-    lengths = batches.task_feature_lengths(arguments["data"].task_feature_lengths)
+    mesh = partitioning.make_mesh(config.mesh_shape, devices)
+    program, _ = train.step_program(mesh, config)
+    model = config.model_config
+    lengths = batches.task_feature_lengths(config.data.task_feature_lengths)
     chip = slice_.chip
     report: dict[str, Any] = {
         "topology": slice_.name, "chip": chip.name, "devices": len(devices),
         "compiled_by": ("the TPU compiler (libtpu, compile-only)" if how == "libtpu" else
                         f"the CPU compiler on {len(devices)} simulated devices (not "
                         f"{chip.name}'s: install the tpu extra for TPU memory figures)"),
-        "mesh": dict(mesh.shape), "batch": arguments["batch_size"],
+        "mesh": dict(mesh.shape), "batch": config.batch_size,
         "lengths": {k: lengths[k] for k in ("inputs", "targets")},
-        "microbatches": arguments["num_microbatches"], "remat": model.remat_policy,
-        "scan_layers": model.scan_layers, "loss_chunks": arguments["loss"].chunks,
-        "attention_kernel": model.attention_kernel, "loss_kernel": arguments["loss"].kernel,
+        "microbatches": config.num_microbatches, "remat": model.remat_policy,
+        "scan_layers": model.scan_layers, "loss_chunks": config.loss.chunks,
+        "attention_kernel": model.attention_kernel, "loss_kernel": config.loss.kernel,
         "dtype": model.dtype, "hbm_bytes": chip.hbm_bytes,
         "params_bytes": _bytes_per_device(program.abstract_state.params,
                                           program.shardings.params),
@@ -329,11 +323,11 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
                       alias_bytes=float(mem.alias_size_in_bytes))
     if report["peak_bytes"]:
         report["headroom"] = 1.0 - report["peak_bytes"] / chip.hbm_bytes
-    analytic = flops.model_flops_per_step(model, arguments["batch_size"], lengths["inputs"],
+    analytic = flops.model_flops_per_step(model, config.batch_size, lengths["inputs"],
                                           lengths["targets"]) / len(devices)
     report["model_flops_per_device"] = analytic
     if cost:
-        counted = loop_free_cost(arguments, mesh)
+        counted = loop_free_cost(config, mesh)
         compute_s = counted["flops"] / chip.peak_bf16_flops
         memory_s = counted["bytes"] / chip.hbm_bandwidth
         step_s = max(compute_s, memory_s)
@@ -348,7 +342,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
                       cost_from="loop-free compiles of one microbatch at depths 1-2, "
                                 "extended to the full depth, x microbatches")
     if not report["fits"]:
-        report["advice"] = _advice(arguments, report["mesh"],
+        report["advice"] = _advice(config, report["mesh"],
                                    report["params_bytes"] + report["opt_state_bytes"]
                                    + report["frozen_bytes"],
                                    chip.hbm_bytes)

@@ -6,7 +6,7 @@ from typing import Any
 
 import gin
 
-from mtf import train
+from mtf import run_config, train
 from mtf.errors import SettingError
 from mtf.eval import runner
 
@@ -15,7 +15,8 @@ MODES = ("train", "eval", "infer")
 
 def run(mode: str = "train") -> Any:
     """Dispatches to the configured loop: gin/runs/finetune.gin, eval.gin or infer.gin."""
-    loops = {"train": train.train, "eval": runner.evaluate, "infer": runner.infer}
-    if mode not in loops:
+    if mode not in MODES:
         raise SettingError(f"runs.run.mode={mode!r}: choose one of {MODES}")
-    return gin.get_configurable(loops[mode])()
+    if mode == "train":
+        return train.train(run_config.from_gin())
+    return gin.get_configurable(runner.evaluate if mode == "eval" else runner.infer)()

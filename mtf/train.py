@@ -27,7 +27,6 @@ from mtf import (
     checkpoint,
     flops,
     observability,
-    optim,
     partitioning,
     program,
     runlock,
@@ -40,6 +39,7 @@ from mtf.data import batches, records, seqio_tasks
 from mtf.errors import SettingError, UserError
 from mtf.eval import evaluation, report, validation
 from mtf.model import T5Config
+from mtf.run_config import RunConfig
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -303,43 +303,26 @@ def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
     return lock
 
 
-def step_program(mesh, *, model_config: T5Config, batch_size: int, data: batches.DataConfig,
-                 optimizer: str, learning_rate: float, schedule: str, warmup_steps: int,
-                 decay_steps: int, grad_clip_norm: float | None, weight_decay: float,
-                 loss: step.LossConfig, num_microbatches: int, dropout_rng: str = "threefry2x32",
-                 **_other_train_arguments
+def step_program(mesh, config: RunConfig
                  ) -> tuple[program.TrainProgram, optax.GradientTransformation]:
-    """The step `train` compiles for these arguments (train's own; `mtf.plan` passes the gin
-    bindings of `train` to get exactly the same program), and its optimizer."""
-    schedule_fn = optim.make_schedule(schedule, learning_rate, warmup_steps, decay_steps)
-    tx = optim.make_optimizer(optimizer, schedule_fn, grad_clip_norm, weight_decay)
-    lengths = batches.task_feature_lengths(data.task_feature_lengths)
-    return program.train_program(model_config, tx, mesh, batch_size, lengths, data.pack,
-                                 loss, num_microbatches, schedule_fn, dropout_rng), tx
+    """The step `train` compiles for `config` (`mtf.plan` and `mtf.bench` compile exactly
+    this program from the same gin bindings), and its optimizer."""
+    schedule_fn, tx = config.optimizer.build()
+    lengths = batches.task_feature_lengths(config.data.task_feature_lengths)
+    return program.train_program(config.model_config, tx, mesh, config.batch_size, lengths,
+                                 config.data.pack, config.loss, config.num_microbatches,
+                                 schedule_fn, config.dropout_rng), tx
 
 
-def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_size: int,
-          data: batches.DataConfig | None = None,
-          mesh_shape: tuple[int, int, int] = (-1, 1, 1),
-          optimizer: str = "adafactor", learning_rate: float = 1e-3,
-          schedule: str = "constant", warmup_steps: int = 0, decay_steps: int = 0,
-          grad_clip_norm: float | None = None, weight_decay: float = 0.0,
-          loss: step.LossConfig | None = None, num_microbatches: int = 1,
-          initial_checkpoint_path: str | None = None,
-          checkpoint_config: checkpoint.CheckpointConfig | None = None,
-          log_period: int = 10, seed: int = 0,
-          peak_flops_per_device: float | None = None, eval_period: int | None = None,
-          eval_config: evaluation.EvalConfig | None = None,
-          eval_steps: int | None = None, dropout_rng: str = "threefry2x32") -> TrainResult:
-    """Trains `model_config` on `data` until step `train_steps` (the same target when it
-    resumes; pretraining steps are not counted), see the module doc."""
-    data = data or batches.DataConfig()
-    loss = loss or step.LossConfig()
-    checkpoint_config = checkpoint_config or checkpoint.CheckpointConfig()
-    if not model_dir:
-        raise SettingError("MODEL_DIR is empty; bind it, e.g. --gin.MODEL_DIR=/tmp/mt0_run")
-    if train_steps <= 0:
-        raise SettingError(f"TRAIN_STEPS={train_steps} must be positive")
+def train(config: RunConfig) -> TrainResult:
+    """Trains `config.model_config` on `config.data` until step `config.train_steps` (the
+    same target when it resumes; pretraining steps are not counted), see the module doc."""
+    model_config, model_dir, data = config.model_config, config.model_dir, config.data
+    train_steps, batch_size, loss = config.train_steps, config.batch_size, config.loss
+    checkpoint_config, seed = config.checkpoint_config, config.seed
+    initial_checkpoint_path, num_microbatches = (config.initial_checkpoint_path,
+                                                 config.num_microbatches)
+    eval_period, eval_steps, log_period = config.eval_period, config.eval_steps, config.log_period
     storage.check_bucket(model_dir, "MODEL_DIR")
     chief = jax.process_index() == 0
     lock = _take_run_lock(model_dir, chief)
@@ -349,15 +332,10 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
         batches.token_cache_of(data)  # and if the token cache is stale or damaged
         skipped = records.SkipReport()  # this run's bad records (SKIP_BAD_RECORDS)
         seqio_tasks.handle_bad_records(provider, data.skip_bad_records, skipped)
-        mesh = partitioning.make_mesh(mesh_shape)
-        compiled_step, tx = step_program(
-            mesh, model_config=model_config, batch_size=batch_size, data=data,
-            optimizer=optimizer, learning_rate=learning_rate, schedule=schedule,
-            warmup_steps=warmup_steps, decay_steps=decay_steps, grad_clip_norm=grad_clip_norm,
-            weight_decay=weight_decay, loss=loss, num_microbatches=num_microbatches,
-            dropout_rng=dropout_rng)
+        mesh = partitioning.make_mesh(config.mesh_shape)
+        compiled_step, tx = step_program(mesh, config)
         lengths = batches.task_feature_lengths(data.task_feature_lengths)
-        evaluator = _evaluator(model_config, mesh, eval_period, eval_config,
+        evaluator = _evaluator(model_config, mesh, eval_period, config.eval_config,
                                data.skip_bad_records, skipped)
         validation_loss = (validation.ValidationLoss(
             model_config, mesh, compiled_step.shardings.model_params(), data, batch_size, loss,
@@ -386,7 +364,7 @@ def train(*, model_config: T5Config, model_dir: str, train_steps: int, batch_siz
             _print_memory(compiled)
             storage.write_text(storage.join(model_dir, "config.gin"), gin.operative_config_str())
 
-        peak = peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
+        peak = config.peak_flops_per_device or flops.peak_flops_per_device(model_config.dtype)
         step_flops = flops.model_flops_per_step(model_config, batch_size, lengths["inputs"],
                                                 lengths["targets"])
         tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])

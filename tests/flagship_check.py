@@ -1,7 +1,7 @@
 """Builds gin/mt0_xxl.gin abstractly on 8 simulated devices (run by test_train.py).
 
 argv: an xP3 tree. Prints one JSON line. Nothing the size of the model is allocated. The
-step is built from the gin bindings of `train.train` exactly as the train loop and
+step is built from the gin-bound `RunConfig` exactly as the train loop and
 `mtf.plan` build it (`train.step_program`).
 """
 
@@ -19,10 +19,10 @@ import seqio  # noqa: E402
 from mtf import config, partitioning, plan, train  # noqa: E402
 
 config.parse(["gin/mt0_xxl.gin"], ["MODEL_DIR=/tmp/unused"])
-arguments = plan.train_arguments()
-model_config, data, loss = arguments["model_config"], arguments["data"], arguments["loss"]
-mesh = partitioning.make_mesh(arguments["mesh_shape"])
-program, _ = train.step_program(mesh, **arguments)
+run = plan.run_config()
+model_config, data, loss = run.model_config, run.data, run.loss
+mesh = partitioning.make_mesh(run.mesh_shape)
+program, _ = train.step_program(mesh, run)
 lowered = program.lower()
 mixture = seqio.get_mixture_or_task(data.mixture_or_task_name)
 params = sum(int(np.prod(x.shape)) for x in

@@ -22,9 +22,9 @@ def run(*args, cwd=REPO):
 
 
 def test_launch_names_the_bad_binding(tmp_path):
-    result = run("mtf.launch", "--gin.train.train.batch_sise=2", cwd=tmp_path)
+    result = run("mtf.launch", "--gin.run_config.RunConfig.batch_sise=2", cwd=tmp_path)
     assert result.returncode == 2
-    assert "--gin.train.train.batch_sise=2" in result.stderr
+    assert "--gin.run_config.RunConfig.batch_sise=2" in result.stderr
     assert "batch_sise" in result.stderr
     result = run("mtf.launch", "--gin_file=gin/nope.gin")
     assert result.returncode == 2 and "gin file 'gin/nope.gin' not found" in result.stderr
@@ -48,10 +48,12 @@ def test_launch_prints_user_errors_alone_and_other_errors_with_their_traceback(t
     ("TRAIN_STEP=10", "TRAIN_STEP is not a macro of the loaded gin files, so it would change "
                       "nothing; did you mean TRAIN_STEPS"),
     ("train_steps=10", "did you mean TRAIN_STEPS"),
-    ("TRAIN_STEPS=ten", "mtf.train.train.train_steps takes int, got 'ten' (str)"),
-    ("LEARNING_RATE=fast", "mtf.train.train.learning_rate takes float, got 'fast' (str)"),
-    ("MESH_SHAPE=5", "mtf.train.train.mesh_shape takes tuple, got 5 (int)"),
-    ("train.train.batch_size=eight", "mtf.train.train.batch_size takes int, got 'eight'"),
+    ("TRAIN_STEPS=ten", "mtf.run_config.RunConfig.train_steps takes int, got 'ten' (str)"),
+    ("LEARNING_RATE=fast",
+     "mtf.run_config.OptimizerConfig.learning_rate takes float, got 'fast' (str)"),
+    ("MESH_SHAPE=5", "mtf.run_config.RunConfig.mesh_shape takes tuple, got 5 (int)"),
+    ("run_config.RunConfig.batch_size=eight",
+     "mtf.run_config.RunConfig.batch_size takes int, got 'eight'"),
     ("CHECKPOINT_MINUTES=soon", "takes float or None, got 'soon'"),
 ])
 def test_typos_and_wrong_types_in_bindings_are_named(binding, message):
@@ -67,7 +69,7 @@ def test_right_bindings_still_pass():
     try:
         gin_config.parse(["gin/mt0_tiny.gin"], [
             "TRAIN_STEPS=10", "LEARNING_RATE=1", "MESH_SHAPE=(2, 1, 1)", "XP3_DIR=/data/xp3",
-            "CHECKPOINT_MINUTES=None", "train.train.batch_size=4", "PACK=False"])
+            "CHECKPOINT_MINUTES=None", "run_config.RunConfig.batch_size=4", "PACK=False"])
         assert gin.query_parameter("%TRAIN_STEPS") == 10
     finally:
         gin.clear_config()

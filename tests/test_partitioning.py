@@ -61,8 +61,8 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 from mtf import config, partitioning, plan, train
 config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(8, 1, 1)", "NUM_MICROBATCHES=4",
                                     "BATCH_SIZE=32", "PACK=False"])
-arguments = plan.train_arguments()
-program, _ = train.step_program(partitioning.make_mesh(arguments["mesh_shape"]), **arguments)
+run = plan.run_config()
+program, _ = train.step_program(partitioning.make_mesh(run.mesh_shape), run)
 text = program.compile().as_text()
 print(text.count(" collective-permute("), text.count(" all-gather("))
 """

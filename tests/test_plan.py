@@ -115,15 +115,14 @@ from mtf import config, partitioning, plan, train
 config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(2, 2, 1)", "NUM_MICROBATCHES=2",
                                     "LOSS_CHUNKS=2", "SCAN_LAYERS=True",
                                     "model.T5Config.num_encoder_layers=3"])
-arguments = plan.train_arguments()
-mesh = partitioning.make_mesh(arguments["mesh_shape"])
-extended = plan.loop_free_cost(arguments, mesh)
-full = dict(arguments, model_config=arguments["model_config"].replace(scan_layers=False),
-            num_microbatches=1,
-            loss=dataclasses.replace(arguments["loss"], unroll_chunks=True))
-program, _ = train.step_program(mesh, **full)
+run = plan.run_config()
+mesh = partitioning.make_mesh(run.mesh_shape)
+extended = plan.loop_free_cost(run, mesh)
+full = run.replace(model_config=run.model_config.replace(scan_layers=False), num_microbatches=1,
+                   loss=dataclasses.replace(run.loss, unroll_chunks=True))
+program, _ = train.step_program(mesh, full)
 print(json.dumps({"extended": extended, "full": plan._cost(program.compile()),
-                  "scanned": plan._cost(train.step_program(mesh, **arguments)[0].compile())}))
+                  "scanned": plan._cost(train.step_program(mesh, run)[0].compile())}))
 """
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

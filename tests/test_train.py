@@ -17,6 +17,7 @@ from mtf.convert.errors import CheckpointError
 from mtf.convert.t5x import infer_config
 from mtf.data import batches
 from mtf.model import T5Config, init_params
+from mtf.run_config import RunConfig
 from tests.train_helpers import REPO, env, metrics
 
 TINY = T5Config(vocab_size=4224, emb_dim=32, num_heads=2, num_encoder_layers=1,
@@ -148,17 +149,18 @@ def test_latest_checkpoint_wins_over_the_initial_one(tmp_path):
     kwargs = dict(model_config=TINY, model_dir=str(tmp_path / "run"), batch_size=4, data=DATA,
                   initial_checkpoint_path=str(tmp_path / "init"), log_period=1,
                   checkpoint_config=checkpoint.CheckpointConfig(period=2))
-    first = train.train(train_steps=2, **kwargs)
+    first = train.train(RunConfig(train_steps=2, **kwargs))
     assert first.source.startswith("initialised from") and first.final_step == 2
-    second = train.train(train_steps=3, **kwargs)
+    second = train.train(RunConfig(train_steps=3, **kwargs))
     assert second.source == "resumed from step 2" and second.start_step == 2
     assert second.final_step == 3 and set(second.losses) == {3}
 
 
 def test_bfloat16_checkpoint_storage(tmp_path):
-    result = train.train(model_config=TINY, model_dir=str(tmp_path), batch_size=4, data=DATA,
-                         train_steps=1, checkpoint_config=checkpoint.CheckpointConfig(
-                             period=1, dtype="bfloat16"))
+    result = train.train(RunConfig(model_config=TINY, model_dir=str(tmp_path), batch_size=4,
+                                   data=DATA, train_steps=1,
+                                   checkpoint_config=checkpoint.CheckpointConfig(
+                                       period=1, dtype="bfloat16")))
     assert result.final_step == 1
     tx = optim.make_optimizer("adafactor")
     mesh = partitioning.make_mesh((-1, 1, 1))

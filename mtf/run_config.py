@@ -1,0 +1,86 @@
+"""A training run's configuration, typed: what gin/runs/finetune.gin binds, checked once.
+
+`RunConfig` gathers the small frozen configs of each concern (the model's `T5Config`, the
+data's `DataConfig`, the loss's `LossConfig`, `OptimizerConfig`, `CheckpointConfig`,
+`EvalConfig`) with the run's own settings. Train, plan and bench read the same object
+(`from_gin`), so what `mtf.plan` compiles is what `mtf.launch` would train. The gin macros
+(T5X's names: TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE, ...) are bound to its fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import optax
+
+from mtf import checkpoint, optim, step
+from mtf.data import batches
+from mtf.errors import SettingError
+from mtf.eval import evaluation
+from mtf.model import T5Config
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """T5X's optimizer settings (OPTIMIZER, LEARNING_RATE, LEARNING_RATE_SCHEDULE, ...)."""
+
+    name: str = "adafactor"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    grad_clip_norm: float | None = None
+    weight_decay: float = 0.0
+
+    def build(self) -> tuple[optax.Schedule, optax.GradientTransformation]:
+        """(the learning-rate schedule, the optax optimizer that follows it)."""
+        schedule = optim.make_schedule(self.schedule, self.learning_rate, self.warmup_steps,
+                                       self.decay_steps)
+        return schedule, optim.make_optimizer(self.name, schedule, self.grad_clip_norm,
+                                              self.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run: the model trained on `data` until step `train_steps` (the same
+    target when it resumes) in MODEL_DIR, on a `mesh_shape` (data, fsdp, model) mesh."""
+
+    model_config: T5Config
+    model_dir: str
+    train_steps: int
+    batch_size: int
+    data: batches.DataConfig = batches.DataConfig()
+    mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loss: step.LossConfig = step.LossConfig()
+    num_microbatches: int = 1
+    initial_checkpoint_path: str | None = None
+    checkpoint_config: checkpoint.CheckpointConfig = checkpoint.CheckpointConfig()
+    log_period: int = 10
+    seed: int = 0
+    peak_flops_per_device: float | None = None
+    eval_period: int | None = None
+    eval_config: evaluation.EvalConfig | None = None
+    eval_steps: int | None = None
+    dropout_rng: str = "threefry2x32"
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise SettingError("MODEL_DIR is empty; bind it, e.g. --gin.MODEL_DIR=/tmp/mt0_run")
+        if self.train_steps <= 0:
+            raise SettingError(f"TRAIN_STEPS={self.train_steps} must be positive")
+        if self.batch_size <= 0:
+            raise SettingError(f"BATCH_SIZE={self.batch_size} must be positive")
+        if self.num_microbatches <= 0:
+            raise SettingError(f"NUM_MICROBATCHES={self.num_microbatches} must be positive")
+        if self.log_period <= 0:
+            raise SettingError(f"LOG_PERIOD={self.log_period} must be positive")
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def from_gin() -> RunConfig:
+    """The run the parsed gin files describe (gin/runs/finetune.gin binds every field)."""
+    return gin.get_configurable(RunConfig)()
