@@ -157,7 +157,7 @@ def decode_bench(args: argparse.Namespace) -> dict:
     model_config = _model_config(args)
     mesh = partitioning.make_mesh((-1, 1, 1))
     params = jax.jit(init_params, static_argnums=0,
-                     out_shardings=decoding.params_shardings(model_config, mesh))(
+                     out_shardings=partitioning.params_shardings(model_config, mesh))(
         model_config, jax.random.key(0))
     rng = np.random.default_rng(0)
     inputs = rng.integers(2, args.vocab, (args.batch, args.inputs), dtype=np.int32)

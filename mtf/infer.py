@@ -107,14 +107,13 @@ def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[l
 
 def _setup(args):
 
-    from mtf.eval import evaluation  # seqio and TensorFlow: loaded after the quiet start
 
     loaded = load_checkpoint(args.checkpoint, setting="--checkpoint", adapter=args.adapter)
     mesh = partitioning.make_mesh((-1, 1, 1))
     if args.batch_size % jax.device_count():
         raise SettingError(f"--batch_size {args.batch_size} must be a multiple of the "
                            f"{jax.device_count()} devices")
-    params = evaluation.place_params(loaded.params, loaded.config, mesh)
+    params = partitioning.place_params(loaded.params, loaded.config, mesh)
     return loaded, mesh, params, _vocabulary(args, loaded.vocabulary)
 
 

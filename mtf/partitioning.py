@@ -7,7 +7,8 @@ The model names axes logically; this table alone decides parallelism. Mesh axes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf.errors import SettingError
+from mtf.model import T5Config, logical_axes
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -112,3 +114,25 @@ def place(params: Any, shardings: Any, dtype: Any = np.float32) -> Any:
     return jax.tree.map(
         lambda x, s: jax.make_array_from_callback(
             np.shape(x), s, lambda index: np.asarray(x[index], dtype)), params, shardings)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh) -> Iterator[None]:
+    """Where a program is traced or run: `mesh` current, the logical axes ruled by RULES."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        yield
+
+
+def params_shardings(config: T5Config, mesh: Mesh) -> Any:
+    """The parameters' shardings on `mesh` under the training rule table."""
+    return logical_to_sharding(logical_axes(config), mesh)
+
+
+def place_params(params: Any, config: T5Config, mesh: Mesh) -> Any:
+    """Host parameters onto the mesh with the training shardings."""
+    return place(params, params_shardings(config, mesh))
+
+
+def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The same host array on every process -> one global array on `sharding`."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -12,7 +12,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,7 +54,7 @@ class TrainProgram:
         if self.dropout and rng is None:
             rng = jax.ShapeDtypeStruct((), self.dropout_key(0).dtype,
                                        sharding=NamedSharding(self.mesh, PartitionSpec()))
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
+        with partitioning.mesh_context(self.mesh):
             return self.jitted.lower(self.abstract_state, self.abstract_batch,
                                      rng if self.dropout else None)
 
@@ -126,7 +125,7 @@ def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,
     jitted = jax.jit(fn, in_shardings=(params_sharding, partitioning.batch_sharding(mesh)))
 
     def run(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
+        with partitioning.mesh_context(mesh):
             return jitted(params, batch)
 
     return run

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from mtf import partitioning
-from mtf.eval import decoding, evaluation, scoring
+from mtf.eval import decoding, scoring
 from mtf.model import T5Config, init_params
 
 assert jax.device_count() == 8, jax.devices()
@@ -28,7 +28,7 @@ CHOICES = [[list(rng.integers(2, 64, n)) + [1] for n in lengths]
 def run(shape):
     devices = jax.devices()[:1] if shape == (1, 1, 1) else None
     mesh = partitioning.make_mesh(shape, devices)
-    params = evaluation.place_params(PARAMS, CONFIG, mesh)
+    params = partitioning.place_params(PARAMS, CONFIG, mesh)
     embedding = params["token_embedder"]["embedding"]
     greedy = decoding.Decoder(CONFIG, decoding.DecodeConfig(max_decode_length=6), mesh)(
         params, INPUTS)

@@ -15,7 +15,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
 from mtf.errors import SettingError
-from mtf.model import T5Config, Transformer, logical_axes
+from mtf.model import T5Config, Transformer
 
 PAD_ID, EOS_ID = 0, 1
 NEG_INF = -1.0e7  # finite, so sums of impossible scores stay ordered
@@ -269,16 +268,6 @@ def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
             lls.reshape(batch, rows))
 
 
-def params_shardings(config: T5Config, mesh: Mesh) -> Any:
-    """The parameters' shardings on `mesh` under the training rule table."""
-    return partitioning.logical_to_sharding(logical_axes(config), mesh)
-
-
-def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """The same host array on every process -> one global array on `sharding`."""
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
 class Decoder:
     """`decode_batch` jitted on a mesh with the training rules (parameters sharded as in
     training, the batch over the data axes), compiled once per input shape."""
@@ -289,16 +278,17 @@ class Decoder:
         replicated = NamedSharding(mesh, PartitionSpec())
         self._jitted = jax.jit(
             functools.partial(decode_batch, config=config, decode=decode),
-            in_shardings=(params_shardings(config, mesh), self.batch_sharding, replicated),
+            in_shardings=(partitioning.params_shardings(config, mesh), self.batch_sharding,
+                          replicated),
             out_shardings=replicated)
         self._rng = jax.random.key(decode.seed)
 
     def __call__(self, params: Any, encoder_tokens: np.ndarray) -> Decoded:
         batch = encoder_tokens.shape[0]
         self._rng, key = jax.random.split(self._rng)
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
+        with partitioning.mesh_context(self.mesh):
             tokens, scores, lls = self._jitted(
-                params, global_array(np.asarray(encoder_tokens, np.int32), self.batch_sharding),
-                key)
+                params, partitioning.global_array(np.asarray(encoder_tokens, np.int32),
+                                                  self.batch_sharding), key)
         tokens, scores, lls = (np.asarray(x)[:batch] for x in (tokens, scores, lls))
         return Decoded(tokens, scores, lls)

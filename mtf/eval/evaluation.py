@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import seqio
 
-from mtf import partitioning
 from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
@@ -279,6 +278,3 @@ def _grouped(examples: Sequence[Example]) -> dict[tuple[str, str, str], list[int
     return out
 
 
-def place_params(params: Any, config: T5Config, mesh: Any) -> Any:
-    """Host parameters onto the mesh with the training shardings."""
-    return partitioning.place(params, decoding.params_shardings(config, mesh))

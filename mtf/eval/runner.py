@@ -35,7 +35,7 @@ def _load(model_config: T5Config, checkpoint_path: str | None, mesh,
                            "step), a step folder, a T5X checkpoint or an HF folder")
     storage.check_bucket(checkpoint_path, "CHECKPOINT_PATH")
     loaded = load_checkpoint(checkpoint_path, model_config.base, adapter=adapter_path)
-    params = evaluation.place_params(loaded.params, model_config.base, mesh)
+    params = partitioning.place_params(loaded.params, model_config.base, mesh)
     if loaded.adapter_source:
         return (params, f"{loaded.source} + adapters {loaded.adapter_source}",
                 _step_label(loaded.adapter_source))

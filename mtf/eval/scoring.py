@@ -14,7 +14,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +21,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import losses, partitioning
 from mtf.errors import SettingError
-from mtf.eval.decoding import global_array, params_shardings
 from mtf.model import T5Config, Transformer, output_projection
 
 
@@ -67,7 +65,8 @@ class Scorer:
         data = partitioning.batch_sharding(mesh)
         self._shardings = (data, NamedSharding(mesh, PartitionSpec(data.spec[0])), data)
         self._jitted = jax.jit(functools.partial(score_rows, config=config, chunks=chunks),
-                               in_shardings=(params_shardings(config, mesh), *self._shardings),
+                               in_shardings=(partitioning.params_shardings(config, mesh),
+                                             *self._shardings),
                                out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     def score(self, params: Any, prompts: Sequence[Sequence[int]],
@@ -105,10 +104,10 @@ class Scorer:
                 row_example[row] = i
                 _put(targets, row, option, "answer choice")
                 row += 1
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.RULES):
+        with partitioning.mesh_context(self.mesh):
             sums, counts = self._jitted(params, *(
-                global_array(x, s) for x, s in zip((enc, row_example, targets), self._shardings,
-                                                   strict=True)))
+                partitioning.global_array(x, s) for x, s in zip(
+                    (enc, row_example, targets), self._shardings, strict=True)))
         sums, counts = np.asarray(sums), np.asarray(counts)
         if length_normalized:
             sums = sums / np.maximum(counts, 1)
