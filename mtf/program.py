@@ -37,8 +37,8 @@ class TrainProgram:
 
     mesh: Mesh
     jitted: Any
-    abstract_state: step.TrainState
-    shardings: step.TrainState
+    abstract_state: state.TrainState
+    shardings: state.TrainState
     batch_sharding: NamedSharding
     abstract_batch: dict[str, jax.ShapeDtypeStruct]
     dropout: bool

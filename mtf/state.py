@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,7 +17,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
 from mtf.model import T5Config, init_params, logical_axes, lora
-from mtf.step import TrainState
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """`params` are what trains (all parameters; with LoRA the adapters alone), `frozen` the
+    LoRA base that does not (no gradients, no optimizer state; None without LoRA)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    frozen: Any = None
+
+    def model_params(self) -> Any:
+        """The whole tree the network applies (the base joined with the adapters)."""
+        return self.params if self.frozen is None else lora.join(self.frozen, self.params)
 
 
 def trained_and_frozen(params: Any, config: T5Config) -> tuple[Any, Any]:
@@ -80,3 +94,12 @@ def init_adapters(config: T5Config, optimizer: optax.GradientTransformation, fro
 
     state = jax.jit(fresh, out_shardings=shardings.replace(frozen=None))(rng)
     return state.replace(frozen=frozen)
+
+
+def from_params(params: Any, optimizer: optax.GradientTransformation, shardings: TrainState
+                ) -> TrainState:
+    """A state at step 0 on loaded parameters (already on `shardings.params`): a fresh
+    optimizer state, sharded as training shards it."""
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(step=step0, params=params, opt_state=opt_state)

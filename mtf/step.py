@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,22 +13,9 @@ import optax
 from mtf import losses
 from mtf.errors import SettingError
 from mtf.model import T5Config, Transformer, lora, output_projection
+from mtf.state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """`params` are what trains (all parameters; with LoRA the adapters alone), `frozen` the
-    LoRA base that does not (no gradients, no optimizer state; None without LoRA)."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    frozen: Any = None
-
-    def model_params(self) -> Any:
-        """The whole tree the network applies (the base joined with the adapters)."""
-        return self.params if self.frozen is None else lora.join(self.frozen, self.params)
 
 
 @dataclasses.dataclass(frozen=True)

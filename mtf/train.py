@@ -17,7 +17,6 @@ from typing import Any
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import seqio
@@ -31,7 +30,6 @@ from mtf import (
     program,
     runlock,
     state,
-    step,
     storage,
 )
 from mtf.convert import adapters, loading
@@ -204,9 +202,7 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
     if initial_checkpoint_path:
         params = loading.load_initial_params(initial_checkpoint_path, model_config)
         params = partitioning.place(params, shardings.params)
-        opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
-        step0 = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
-        return (step.TrainState(step=step0, params=params, opt_state=opt_state), {},
+        return (state.from_params(params, optimizer, shardings), {},
                 f"initialised from {initial_checkpoint_path}")
     fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
     return fresh, {}, "random initialisation"

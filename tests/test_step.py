@@ -9,7 +9,8 @@ import pytest
 from mtf import losses
 from mtf.model import T5Config, Transformer, init_params
 from mtf.optim import make_optimizer, make_schedule
-from mtf.step import LossConfig, TrainState, gradients, train_step
+from mtf.state import TrainState
+from mtf.step import LossConfig, gradients, train_step
 
 CONFIG = T5Config(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=1, head_dim=8, mlp_dim=32, dropout_rate=0.0)
