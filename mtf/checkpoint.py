@@ -51,6 +51,32 @@ class CheckpointConfig:
     async_save: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+    """Where a run's data stands at a saved step (the step's `data/`): the batches consumed,
+    what they were drawn from (mixture, shuffle seed, batch size, vocabulary, token cache),
+    a LoRA run's base record, and each process's stream state (packed token-cache streams:
+    the batch count alone cannot place them). A fresh run is at `DataPosition()`."""
+
+    batches: int = 0
+    mixture: str | None = None
+    seed: int | None = None
+    batch_size: int | None = None
+    vocabulary: str | None = None
+    cache: str | None = None
+    lora_base: dict[str, str] | None = None
+    streams: list[dict[str, Any]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> DataPosition:
+        """A saved position (keys it does not know, from another version, are left out)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
 def _cast_params(state: Any, dtype: str) -> Any:
     if dtype == "float32":
         return state
@@ -84,7 +110,7 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_position: dict[str, Any],
+    def save(self, step: int, state: Any, data_position: DataPosition,
              model_config: T5Config) -> None:
         with self._disk_errors(step):
             if step in self.manager.all_steps():
@@ -94,7 +120,7 @@ class Checkpoints:
             self._check_free_space(step)
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(stored),
-                data=ocp.args.JsonSave(data_position),
+                data=ocp.args.JsonSave(data_position.to_json()),
                 config=ocp.args.JsonSave(json.loads(model_config.to_json()))), force=True)
 
     def wait(self) -> None:
@@ -175,7 +201,7 @@ class Checkpoints:
         return saved == wanted
 
     def restore(self, step: int, abstract_state: Any, shardings: Any
-                ) -> tuple[Any, dict[str, Any], T5Config]:
+                ) -> tuple[Any, DataPosition, T5Config]:
         """(state placed on `shardings`, data position, saved config). Reshards as needed."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract_state, shardings)
@@ -194,7 +220,7 @@ class Checkpoints:
                 f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: "
                 f"{reason}); a file of it is damaged or missing") from e
         saved = T5Config.from_json(json.dumps(dict(restored["config"])))
-        return restored["state"], dict(restored["data"]), saved
+        return restored["state"], DataPosition.from_json(dict(restored["data"])), saved
 
 
 # The run directory's layout, read back by conversion, evaluation and inference.

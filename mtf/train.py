@@ -177,41 +177,41 @@ def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_pa
                 dropout_rate=0.0, dtype="float32"):
             logging.warning("the checkpoint's model config differs from the gin config in "
                             "more than dropout/dtype: %s vs %s", saved, model_config)
-        if position.get("batch_size") not in (None, batch_size):
+        if position.batch_size not in (None, batch_size):
             raise SettingError(
                 f"BATCH_SIZE={batch_size}, but the checkpoint at step {latest} in "
-                f"{ckpts.directory} was trained with BATCH_SIZE={position['batch_size']}: the "
+                f"{ckpts.directory} was trained with BATCH_SIZE={position.batch_size}: the "
                 "data position is counted in batches, so resuming would change which examples "
-                f"come next. Resume with --gin.BATCH_SIZE={position['batch_size']}, or start a "
+                f"come next. Resume with --gin.BATCH_SIZE={position.batch_size}, or start a "
                 f"new MODEL_DIR with --gin.INITIAL_CHECKPOINT_PATH={ckpts.directory}/{latest} "
                 "(parameters only) to train on with another batch size")
-        if position.get("mixture") not in (None, data.mixture_or_task_name):
+        if position.mixture not in (None, data.mixture_or_task_name):
             logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
-                            data.mixture_or_task_name, position.get("mixture"))
+                            data.mixture_or_task_name, position.mixture)
         if lora_base is not None:
             frozen, record = lora_base
-            adapters.check_base(position.get("lora_base"), record,
+            adapters.check_base(position.lora_base, record,
                                 f"{ckpts.directory}/{latest}")
             restored = restored.replace(frozen=frozen)
         return restored, position, f"resumed from step {latest}"
     if lora_base is not None:
         fresh = state.init_adapters(model_config, optimizer, lora_base[0], shardings,
                                     jax.random.key(seed))
-        return (fresh, {}, f"LoRA adapters (rank {model_config.lora.rank}) initialised on "
-                f"{initial_checkpoint_path}")
+        return (fresh, checkpoint.DataPosition(), f"LoRA adapters (rank "
+                f"{model_config.lora.rank}) initialised on {initial_checkpoint_path}")
     if initial_checkpoint_path:
         params = loading.load_initial_params(initial_checkpoint_path, model_config)
         params = partitioning.place(params, shardings.params)
-        return (state.from_params(params, optimizer, shardings), {},
+        return (state.from_params(params, optimizer, shardings), checkpoint.DataPosition(),
                 f"initialised from {initial_checkpoint_path}")
     fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
-    return fresh, {}, "random initialisation"
+    return fresh, checkpoint.DataPosition(), "random initialisation"
 
 
-def _saved_stream_state(position: dict[str, Any]) -> dict[str, Any] | None:
+def _saved_stream_state(position: checkpoint.DataPosition) -> dict[str, Any] | None:
     """This process's stream state from a checkpoint's data position (packed cached runs
     save one per process), or None."""
-    states = position.get("streams")
+    states = position.streams
     if not states:
         return None
     if len(states) != jax.process_count():
@@ -222,21 +222,20 @@ def _saved_stream_state(position: dict[str, Any]) -> dict[str, Any] | None:
     return states[jax.process_index()]
 
 
-def _stream_states(stream: batches.Batches) -> dict[str, Any]:
+def _stream_states(stream: batches.Batches) -> list[dict[str, Any]] | None:
     """Every process's stream state for the checkpoint's data position (process 0 writes
-    it): {} when the batch count is enough, as for every stream but packed cached ones."""
+    it): None when the batch count is enough, as for every stream but packed cached ones."""
     state = stream.state()
     if state is None:  # the same on every process: they read the same kind of stream
-        return {}
+        return None
     if jax.process_count() == 1:
-        return {"streams": [state]}
+        return [state]
     encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
     sizes = multihost_utils.process_allgather(np.int32(len(encoded)))
     padded = np.zeros(int(np.max(sizes)), np.uint8)
     padded[:len(encoded)] = encoded
     rows = multihost_utils.process_allgather(padded)
-    return {"streams": [json.loads(bytes(row[:int(n)])) for row, n in zip(rows, sizes,
-                                                                          strict=True)]}
+    return [json.loads(bytes(row[:int(n)])) for row, n in zip(rows, sizes, strict=True)]
 
 
 def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
@@ -344,7 +343,7 @@ def train(config: RunConfig) -> TrainResult:
             model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
             compiled_step.abstract_state, compiled_step.shardings, batch_size, lora_base)
         start = int(jax.device_get(train_state.step))
-        batches_done = int(position.get("batches", 0))
+        batches_done = position.batches
         if chief:
             print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
                   f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
@@ -373,11 +372,10 @@ def train(config: RunConfig) -> TrainResult:
         save_clock = _SaveClock(checkpoint_config.minutes)
         losses: dict[int, float] = {}
         last_time, last_step = time.perf_counter(), start
-        data_info = {"mixture": data.mixture_or_task_name, "seed": data.seed,
-                     "batch_size": batch_size, "vocabulary": batches.vocabulary_file(data),
-                     "cache": data.cache_dir}
-        if lora_base is not None:
-            data_info["lora_base"] = lora_base[1]
+        drawn_from = checkpoint.DataPosition(
+            mixture=data.mixture_or_task_name, seed=data.seed, batch_size=batch_size,
+            vocabulary=batches.vocabulary_file(data), cache=data.cache_dir,
+            lora_base=lora_base[1] if lora_base is not None else None)
         done = start
         try:
             for done in range(start + 1, train_steps + 1):
@@ -409,7 +407,8 @@ def train(config: RunConfig) -> TrainResult:
                 if save_now or stop_now:
                     # a LoRA run saves its adapters and their optimizer state, not the base
                     ckpts.save(done, train_state.replace(frozen=None),
-                               {"batches": done, **data_info, **_stream_states(stream)},
+                               dataclasses.replace(drawn_from, batches=done,
+                                                   streams=_stream_states(stream)),
                                model_config)
                     save_clock.saved()
                 if eval_period and not stop_now and (

@@ -125,7 +125,8 @@ def test_initial_checkpoint_in_each_format(fixtures, tmp_path):
     reference = load_t5x(t5x_path)
     config = infer_config(reference)
     state, position, source = _initial(config, t5x_path, tmp_path / "a")
-    assert source == f"initialised from {t5x_path}" and position == {}  # no data read yet
+    assert source == f"initialised from {t5x_path}"
+    assert position == checkpoint.DataPosition()  # no data read yet
     assert int(state.step) == 0
     np.testing.assert_array_equal(state.params["decoder"]["logits_dense"]["kernel"],
                                   reference["decoder"]["logits_dense"]["kernel"])
@@ -170,7 +171,7 @@ def test_bfloat16_checkpoint_storage(tmp_path):
     with checkpoint.Checkpoints(str(tmp_path)) as ckpts:
         restored, position, saved = ckpts.restore(1, abstract, shardings)
     kernel = np.asarray(restored.params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
-    assert kernel.dtype == np.float32 and position["batches"] == 1 and saved == TINY
+    assert kernel.dtype == np.float32 and position.batches == 1 and saved == TINY
     np.testing.assert_array_equal(kernel, kernel.astype(jax.numpy.bfloat16).astype(np.float32))
     wrong, wrong_shardings = state_lib.state_shardings(TINY.replace(mlp_dim=32), tx, mesh)
     with checkpoint.Checkpoints(str(tmp_path)) as ckpts, pytest.raises(
