@@ -253,9 +253,9 @@ def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
                   "XNLI_DIR, XCOPA_DIR, XSTORYCLOZE_DIR or XWINOGRAD_DIR; see README)",
                   flush=True)
         return None
+    evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
     seqio_tasks.handle_bad_records(seqio.get_mixture_or_task(eval_config.mixture_or_task_name),
                                    skip_bad_records, skipped)
-    evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
     evaluator.examples()
     return evaluator
 

@@ -173,12 +173,14 @@ def test_validation_loss_is_the_train_loss_on_the_validation_split(mesh, params)
 
 def test_optional_eval_mixture_lets_training_go_on(mesh, capsys):
     from mtf import train
+    from mtf.data import records
     missing = evaluation.EvalConfig(mixture_or_task_name="no_such_heldout_mixture",
                                     task_feature_lengths=LENGTHS, optional=True)
-    assert train._evaluator(TINY, mesh, 10, missing) is None
+    assert train._evaluator(TINY, mesh, 10, missing, False, records.SkipReport()) is None
     assert "'no_such_heldout_mixture' is not registered" in capsys.readouterr().out
     with pytest.raises(SettingError, match="not registered"):
-        train._evaluator(TINY, mesh, 10, dataclasses_replace(missing, optional=False))
+        train._evaluator(TINY, mesh, 10, dataclasses_replace(missing, optional=False), False,
+                         records.SkipReport())
 
 
 def dataclasses_replace(config, **changes):
