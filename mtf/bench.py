@@ -47,7 +47,7 @@ import gin
 import jax
 import numpy as np
 
-from mtf import cli, config, flops, optim, partitioning, program, state, step
+from mtf import cli, config, flops, partitioning, state, step
 from mtf.config import split_gin_flags
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
@@ -73,14 +73,19 @@ def train_bench(args: argparse.Namespace) -> dict:
 
 
 def _train_run(args: argparse.Namespace, model_config) -> dict:
+    """The step `run_setup.setup` builds for a run of these shapes, on synthetic batches."""
+    from mtf import run_config, run_setup  # TensorFlow (the data config): after the quiet start
+    from mtf.data import batches  # (the same)
 
-
-    mesh = partitioning.make_mesh([int(x) for x in args.mesh.split(",")])
     learning_rate = 1e-3 if args.optimizer == "adafactor" else 1e-4
-    tx = optim.make_optimizer(args.optimizer, optim.make_schedule("constant", learning_rate))
-    compiled_step = program.train_program(
-        model_config, tx, mesh, args.batch, {"inputs": args.inputs, "targets": args.targets},
-        False, step.LossConfig(chunks=args.loss_chunks), args.microbatches)
+    run = run_setup.setup(run_config.RunConfig(
+        model_config=model_config, model_dir="(mtf.bench saves nothing)", train_steps=args.steps,
+        batch_size=args.batch, mesh_shape=tuple(int(x) for x in args.mesh.split(",")),
+        data=batches.DataConfig(task_feature_lengths={"inputs": args.inputs,
+                                                      "targets": args.targets}, pack=False),
+        optimizer=run_config.OptimizerConfig(name=args.optimizer, learning_rate=learning_rate),
+        loss=step.LossConfig(chunks=args.loss_chunks), num_microbatches=args.microbatches))
+    compiled_step, mesh, tx = run.program, run.mesh, run.optimizer
     train_state = state.init_state(model_config, tx, mesh, jax.random.key(0))
     rng = np.random.default_rng(0)
 

@@ -1,7 +1,7 @@
 """`python -m mtf.plan --gin_file=gin/mt0_xxl.gin --topology=v4-256 [--gin.NAME=VALUE ...]`:
 will this run fit, and how fast can it be, before a pod is booked.
 
-Compiles the real train step (`train.step_program`: the same code, shardings, microbatches,
+Compiles the real train step (`run_setup.setup`: the same code, shardings, microbatches,
 loss chunks and remat as `python -m mtf.launch`) for a TPU slice with libtpu's compile-only
 client on any machine, nothing executed. Prints per device: parameters, optimizer state,
 batch, temporaries and the compiler's peak against the chip's HBM; XLA's FLOPs and HBM
@@ -195,7 +195,7 @@ def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
     import jax
     import optax
 
-    from mtf import train  # jax: after _environment chose the slice's devices
+    from mtf import run_setup  # jax: after _environment chose the slice's devices
 
     model = config.model_config.replace(scan_layers=False, num_encoder_layers=depths[0],
                                         num_decoder_layers=depths[1])
@@ -203,7 +203,8 @@ def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
         model_config=model, num_microbatches=1,
         batch_size=config.batch_size // config.num_microbatches,
         loss=dataclasses.replace(config.loss, unroll_chunks=True))
-    probe, tx = train.step_program(mesh, probe_config)
+    probe_setup = run_setup.setup(probe_config, list(mesh.devices.flat))
+    probe, tx = probe_setup.program, probe_setup.optimizer
     if not optimizer_only:
         return _cost(probe.compile())
     params, shardings = probe.abstract_state.params, probe.shardings
@@ -271,16 +272,15 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     (`verbose`=False drops libtpu's start-up lines)."""
     import jax
 
-    from mtf import flops, partitioning, train  # jax: after _environment chose the devices
-    from mtf.data import batches  # (the same)
+    from mtf import flops, run_setup  # jax: after _environment chose the devices
 
     config = run_config()
     with quiet.native_stderr_silenced(not verbose):  # libtpu's notes on worker hostnames
         devices = _devices(slice_, how)
-    mesh = partitioning.make_mesh(config.mesh_shape, devices)
-    program, _ = train.step_program(mesh, config)
+    run = run_setup.setup(config, devices)
+    mesh, program = run.mesh, run.program
     model = config.model_config
-    lengths = batches.task_feature_lengths(config.data.task_feature_lengths)
+    lengths = run.lengths
     chip = slice_.chip
     report: dict[str, Any] = {
         "topology": slice_.name, "chip": chip.name, "devices": len(devices),

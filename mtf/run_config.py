@@ -10,14 +10,15 @@ data's `DataConfig`, the loss's `LossConfig`, `OptimizerConfig`, `CheckpointConf
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import gin
 import optax
+import seqio
 
 from mtf import checkpoint, optim, step
 from mtf.data import batches
 from mtf.errors import SettingError
-from mtf.eval import evaluation
 from mtf.model import T5Config
 
 
@@ -42,6 +43,30 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate on and how (gin: gin/runs/eval.gin and EVAL_* macros)."""
+
+    mixture_or_task_name: str | None = None
+    task_feature_lengths: Mapping[str, int] | None = None
+    batch_size: int = 32
+    max_examples_per_task: int | None = None  # first N per dataset/language/template
+    length_normalized: bool = False  # rank by mean log-probability per token instead
+    metrics: tuple[str, ...] | None = None  # None: each task's own metric functions
+    max_decode_length: int | None = None  # None: the targets length
+    beam_size: int = 1
+    alpha: float = 0.6
+    split: str = "validation"
+    # In training: an EVAL_MIXTURE that is not registered (its data not set up) skips the
+    # evaluation with a note instead of stopping the run (the mt0 recipes' mt0_heldout).
+    optional: bool = False
+
+    def registered(self) -> bool:
+        name = self.mixture_or_task_name
+        return bool(name) and name in (seqio.TaskRegistry.names()
+                                       | seqio.MixtureRegistry.names())
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One training run: the model trained on `data` until step `train_steps` (the same
     target when it resumes) in MODEL_DIR, on a `mesh_shape` (data, fsdp, model) mesh."""
@@ -61,7 +86,7 @@ class RunConfig:
     seed: int = 0
     peak_flops_per_device: float | None = None
     eval_period: int | None = None
-    eval_config: evaluation.EvalConfig | None = None
+    eval_config: EvalConfig | None = None
     eval_steps: int | None = None
     dropout_rng: str = "threefry2x32"
 

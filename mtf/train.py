@@ -18,7 +18,6 @@ from typing import Any
 import gin
 import jax
 import numpy as np
-import optax
 import seqio
 from jax.experimental import multihost_utils
 
@@ -27,14 +26,12 @@ from mtf import (
     flops,
     observability,
     partitioning,
-    program,
+    run_setup,
     runlock,
-    state,
     storage,
 )
-from mtf.convert import adapters, loading
 from mtf.data import batches, records, seqio_tasks
-from mtf.errors import SettingError, UserError
+from mtf.errors import UserError
 from mtf.eval import evaluation, report, validation
 from mtf.model import T5Config
 from mtf.run_config import RunConfig
@@ -136,92 +133,6 @@ def _print_memory(compiled: Any) -> None:
           f"{mem.generated_code_size_in_bytes / 1024 ** 2:.1f} MiB", flush=True)
 
 
-def _lora_base(model_config: T5Config, initial_checkpoint_path: str | None, shardings
-               ) -> tuple[Any, dict[str, str]]:
-    """The frozen base of a LoRA run, placed in its dtype, and its record (checked against
-    the one saved with the adapters when resuming)."""
-    if not initial_checkpoint_path:
-        raise SettingError("a LoRA run (runs/lora.gin) adapts a trained model: set "
-                           "INITIAL_CHECKPOINT_PATH to it (an mtf, T5X or Hugging Face "
-                           "checkpoint); it is loaded on every start, resume included")
-    base = loading.load_initial_params(initial_checkpoint_path, model_config.base)
-    record = adapters.base_record(initial_checkpoint_path, model_config, base)
-    return partitioning.place(base, shardings.frozen, state.frozen_dtype(model_config)), record
-
-
-def _restore_or_init(model_config, optimizer, mesh, ckpts, initial_checkpoint_path, seed,
-                     data: batches.DataConfig, abstract, shardings, batch_size: int,
-                     lora_base: tuple[Any, dict[str, str]] | None = None):
-    latest, restored, damaged = None, None, []
-    if lora_base is not None:  # only the adapters and their optimizer state are saved
-        abstract, shardings = abstract.replace(frozen=None), shardings.replace(frozen=None)
-    for candidate in sorted(ckpts.all_steps(), reverse=True):
-        try:
-            restored, position, saved = ckpts.restore(candidate, abstract, shardings)
-        except checkpoint.UnreadableCheckpointError as e:
-            damaged.append(str(e))
-            moved = ckpts.set_aside(candidate)
-            if jax.process_index() == 0:
-                print(f"warning: {e}; moved it to {moved} and trying the checkpoint before it",
-                      flush=True)
-            continue
-        latest = candidate
-        break
-    if damaged and latest is None:
-        raise checkpoint.UnreadableCheckpointError(
-            f"no checkpoint in {ckpts.directory} can be read: {'; '.join(damaged)}. They were "
-            "moved to damaged_checkpoints/ beside it; rerun to start from "
-            "INITIAL_CHECKPOINT_PATH (or random initialisation)")
-    if latest is not None:
-        if saved.replace(dropout_rate=0.0, dtype="float32") != model_config.replace(
-                dropout_rate=0.0, dtype="float32"):
-            logging.warning("the checkpoint's model config differs from the gin config in "
-                            "more than dropout/dtype: %s vs %s", saved, model_config)
-        if position.batch_size not in (None, batch_size):
-            raise SettingError(
-                f"BATCH_SIZE={batch_size}, but the checkpoint at step {latest} in "
-                f"{ckpts.directory} was trained with BATCH_SIZE={position.batch_size}: the "
-                "data position is counted in batches, so resuming would change which examples "
-                f"come next. Resume with --gin.BATCH_SIZE={position.batch_size}, or start a "
-                f"new MODEL_DIR with --gin.INITIAL_CHECKPOINT_PATH={ckpts.directory}/{latest} "
-                "(parameters only) to train on with another batch size")
-        if position.mixture not in (None, data.mixture_or_task_name):
-            logging.warning("resuming with mixture %s; the checkpoint was trained on %s",
-                            data.mixture_or_task_name, position.mixture)
-        if lora_base is not None:
-            frozen, record = lora_base
-            adapters.check_base(position.lora_base, record,
-                                f"{ckpts.directory}/{latest}")
-            restored = restored.replace(frozen=frozen)
-        return restored, position, f"resumed from step {latest}"
-    if lora_base is not None:
-        fresh = state.init_adapters(model_config, optimizer, lora_base[0], shardings,
-                                    jax.random.key(seed))
-        return (fresh, checkpoint.DataPosition(), f"LoRA adapters (rank "
-                f"{model_config.lora.rank}) initialised on {initial_checkpoint_path}")
-    if initial_checkpoint_path:
-        params = loading.load_initial_params(initial_checkpoint_path, model_config)
-        params = partitioning.place(params, shardings.params)
-        return (state.from_params(params, optimizer, shardings), checkpoint.DataPosition(),
-                f"initialised from {initial_checkpoint_path}")
-    fresh = state.init_state(model_config, optimizer, mesh, jax.random.key(seed))
-    return fresh, checkpoint.DataPosition(), "random initialisation"
-
-
-def _saved_stream_state(position: checkpoint.DataPosition) -> dict[str, Any] | None:
-    """This process's stream state from a checkpoint's data position (packed cached runs
-    save one per process), or None."""
-    states = position.streams
-    if not states:
-        return None
-    if len(states) != jax.process_count():
-        logging.warning("the checkpoint's stream states are for %d processes, this run has "
-                        "%d: the packed stream replays to its position", len(states),
-                        jax.process_count())
-        return None
-    return states[jax.process_index()]
-
-
 def _stream_states(stream: batches.Batches) -> list[dict[str, Any]] | None:
     """Every process's stream state for the checkpoint's data position (process 0 writes
     it): None when the batch count is enough, as for every stream but packed cached ones."""
@@ -298,25 +209,13 @@ def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
     return lock
 
 
-def step_program(mesh, config: RunConfig
-                 ) -> tuple[program.TrainProgram, optax.GradientTransformation]:
-    """The step `train` compiles for `config` (`mtf.plan` and `mtf.bench` compile exactly
-    this program from the same gin bindings), and its optimizer."""
-    schedule_fn, tx = config.optimizer.build()
-    lengths = batches.task_feature_lengths(config.data.task_feature_lengths)
-    return program.train_program(config.model_config, tx, mesh, config.batch_size, lengths,
-                                 config.data.pack, config.loss, config.num_microbatches,
-                                 schedule_fn, config.dropout_rng), tx
-
-
 def train(config: RunConfig) -> TrainResult:
     """Trains `config.model_config` on `config.data` until step `config.train_steps` (the
     same target when it resumes; pretraining steps are not counted), see the module doc."""
     model_config, model_dir, data = config.model_config, config.model_dir, config.data
     train_steps, batch_size, loss = config.train_steps, config.batch_size, config.loss
     checkpoint_config, seed = config.checkpoint_config, config.seed
-    initial_checkpoint_path, num_microbatches = (config.initial_checkpoint_path,
-                                                 config.num_microbatches)
+    num_microbatches = config.num_microbatches
     eval_period, eval_steps, log_period = config.eval_period, config.eval_steps, config.log_period
     storage.check_bucket(model_dir, "MODEL_DIR")
     chief = jax.process_index() == 0
@@ -327,23 +226,20 @@ def train(config: RunConfig) -> TrainResult:
         batches.token_cache_of(data)  # and if the token cache is stale or damaged
         skipped = records.SkipReport()  # this run's bad records (SKIP_BAD_RECORDS)
         seqio_tasks.handle_bad_records(provider, data.skip_bad_records, skipped)
-        mesh = partitioning.make_mesh(config.mesh_shape)
-        compiled_step, tx = step_program(mesh, config)
-        lengths = batches.task_feature_lengths(data.task_feature_lengths)
+        run = run_setup.setup(config)
+        mesh, compiled_step = run.mesh, run.program
+        lengths = run.lengths
         evaluator = _evaluator(model_config, mesh, eval_period, config.eval_config,
                                data.skip_bad_records, skipped)
         validation_loss = (validation.ValidationLoss(
             model_config, mesh, compiled_step.shardings.model_params(), data, batch_size, loss,
             num_microbatches, eval_steps, jax.process_index(), jax.process_count())
             if eval_period and eval_steps is not None else None)
-        ckpts = checkpoint.Checkpoints(model_dir, checkpoint_config)
-        lora_base = (_lora_base(model_config, initial_checkpoint_path, compiled_step.shardings)
-                     if model_config.lora is not None else None)
-        train_state, position, source = _restore_or_init(
-            model_config, tx, mesh, ckpts, initial_checkpoint_path, seed, data,
-            compiled_step.abstract_state, compiled_step.shardings, batch_size, lora_base)
+        ckpts = run.checkpoints()
+        start_point = run.start(ckpts)
+        train_state, position, source = start_point.state, start_point.position, \
+            start_point.source
         start = int(jax.device_get(train_state.step))
-        batches_done = position.batches
         if chief:
             print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on "
                   f"{jax.process_count()} process(es); {source}; step {start} -> {train_steps}",
@@ -364,8 +260,7 @@ def train(config: RunConfig) -> TrainResult:
                                                 lengths["targets"])
         tokens_per_step = batch_size * (lengths["inputs"] + lengths["targets"])
         writer = observability.MetricsWriter(model_dir, train_steps, enabled=chief)
-        stream = batches.batches(data, batch_size, batches_done, jax.process_index(),
-                                 jax.process_count(), _saved_stream_state(position))
+        stream = run.stream(position)
         preemption = _Preemption()
         window = observability.LogWindow(partitioning.gather, model_config.batch_spec,
                                          task_names)
@@ -375,7 +270,7 @@ def train(config: RunConfig) -> TrainResult:
         drawn_from = checkpoint.DataPosition(
             mixture=data.mixture_or_task_name, seed=data.seed, batch_size=batch_size,
             vocabulary=batches.vocabulary_file(data), cache=data.cache_dir,
-            lora_base=lora_base[1] if lora_base is not None else None)
+            lora_base=start_point.lora_base)
         done = start
         try:
             for done in range(start + 1, train_steps + 1):

@@ -2,7 +2,7 @@
 
 argv: an xP3 tree. Prints one JSON line. Nothing the size of the model is allocated. The
 step is built from the gin-bound `RunConfig` exactly as the train loop and
-`mtf.plan` build it (`train.step_program`).
+`mtf.plan` build it (`run_setup.setup`).
 """
 
 import json
@@ -16,13 +16,13 @@ import gin  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 
-from mtf import config, partitioning, plan, train  # noqa: E402
+from mtf import config, plan, run_setup  # noqa: E402
 
 config.parse(["gin/mt0_xxl.gin"], ["MODEL_DIR=/tmp/unused"])
 run = plan.run_config()
 model_config, data, loss = run.model_config, run.data, run.loss
-mesh = partitioning.make_mesh(run.mesh_shape)
-program, _ = train.step_program(mesh, run)
+program = run_setup.setup(run).program
+mesh = program.mesh
 lowered = program.lower()
 mixture = seqio.get_mixture_or_task(data.mixture_or_task_name)
 params = sum(int(np.prod(x.shape)) for x in

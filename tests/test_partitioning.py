@@ -58,11 +58,11 @@ def test_microbatches_stay_spread_over_the_data_devices():
     code = """
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-from mtf import config, partitioning, plan, train
+from mtf import config, plan, run_setup
 config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(8, 1, 1)", "NUM_MICROBATCHES=4",
                                     "BATCH_SIZE=32", "PACK=False"])
 run = plan.run_config()
-program, _ = train.step_program(partitioning.make_mesh(run.mesh_shape), run)
+program = run_setup.setup(run).program
 text = program.compile().as_text()
 print(text.count(" collective-permute("), text.count(" all-gather("))
 """

@@ -111,7 +111,7 @@ def test_loop_free_cost_extends_to_the_full_depth_exactly(tmp_path):
 import json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import dataclasses
-from mtf import config, partitioning, plan, train
+from mtf import config, partitioning, plan, run_setup
 config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(2, 2, 1)", "NUM_MICROBATCHES=2",
                                     "LOSS_CHUNKS=2", "SCAN_LAYERS=True",
                                     "model.T5Config.num_encoder_layers=3"])
@@ -120,9 +120,9 @@ mesh = partitioning.make_mesh(run.mesh_shape)
 extended = plan.loop_free_cost(run, mesh)
 full = run.replace(model_config=run.model_config.replace(scan_layers=False), num_microbatches=1,
                    loss=dataclasses.replace(run.loss, unroll_chunks=True))
-program, _ = train.step_program(mesh, full)
+program = run_setup.setup(full).program
 print(json.dumps({"extended": extended, "full": plan._cost(program.compile()),
-                  "scanned": plan._cost(train.step_program(mesh, run)[0].compile())}))
+                  "scanned": plan._cost(run_setup.setup(run).program.compile())}))
 """
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import tasks  # noqa: F401  registers mini_xp3_sw
-from mtf import checkpoint, optim, partitioning, train
-from mtf import state as train_state
+from mtf import checkpoint, optim, partitioning, run_setup, train
 from mtf.convert import load_t5x, loading, save_hf, save_params
 from mtf.convert.errors import CheckpointError
 from mtf.convert.t5x import infer_config
@@ -111,13 +110,12 @@ def test_flagship_config_builds_abstractly(tmp_path):
 
 
 def _initial(model_config, path, tmp_path):
-    tx = optim.make_optimizer("adafactor")
-    mesh = partitioning.make_mesh((-1, 1, 1))
-    abstract, shardings = train_state.state_shardings(model_config, tx, mesh)
-    with checkpoint.Checkpoints(str(tmp_path / "run")) as ckpts:
-        state, position, source = train._restore_or_init(model_config, tx, mesh, ckpts, path,
-                                                         0, DATA, abstract, shardings, 8)
-    return state, position, source
+    run = run_setup.setup(RunConfig(model_config=model_config, model_dir=str(tmp_path / "run"),
+                                    train_steps=1, batch_size=8, data=DATA,
+                                    initial_checkpoint_path=path))
+    with run.checkpoints() as ckpts:
+        start = run.start(ckpts)
+    return start.state, start.position, start.source
 
 
 def test_initial_checkpoint_in_each_format(fixtures, tmp_path):

@@ -22,30 +22,7 @@ from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
 from mtf.model import T5Config
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate on and how (gin: gin/runs/eval.gin and EVAL_* macros)."""
-
-    mixture_or_task_name: str | None = None
-    task_feature_lengths: Mapping[str, int] | None = None
-    batch_size: int = 32
-    max_examples_per_task: int | None = None  # first N per dataset/language/template
-    length_normalized: bool = False  # rank by mean log-probability per token instead
-    metrics: tuple[str, ...] | None = None  # None: each task's own metric functions
-    max_decode_length: int | None = None  # None: the targets length
-    beam_size: int = 1
-    alpha: float = 0.6
-    split: str = "validation"
-    # In training: an EVAL_MIXTURE that is not registered (its data not set up) skips the
-    # evaluation with a note instead of stopping the run (the mt0 recipes' mt0_heldout).
-    optional: bool = False
-
-    def registered(self) -> bool:
-        name = self.mixture_or_task_name
-        return bool(name) and name in (seqio.TaskRegistry.names()
-                                       | seqio.MixtureRegistry.names())
+from mtf.run_config import EvalConfig  # gin binds it here: evaluation.EvalConfig
 
 
 @dataclasses.dataclass

@@ -10,11 +10,11 @@ from typing import Any
 
 import jax
 
-from mtf import partitioning, storage
-from mtf.convert.loading import load_checkpoint
+from mtf import run_setup, storage
 from mtf.errors import SettingError
 from mtf.eval import evaluation, report
 from mtf.model import T5Config
+from mtf.run_config import EvalConfig
 
 
 def _step_label(source: str) -> str:
@@ -30,27 +30,22 @@ def _load(model_config: T5Config, checkpoint_path: str | None, mesh,
           adapter_path: str | None) -> tuple[Any, str, str]:
     """(placed params, description, report label); with ADAPTER_PATH, the base checkpoint
     with those adapters merged (labelled by the adapters' step)."""
-    if not checkpoint_path:
-        raise SettingError("CHECKPOINT_PATH is empty; bind it to an mtf MODEL_DIR (its newest "
-                           "step), a step folder, a T5X checkpoint or an HF folder")
-    storage.check_bucket(checkpoint_path, "CHECKPOINT_PATH")
-    loaded = load_checkpoint(checkpoint_path, model_config.base, adapter=adapter_path)
-    params = partitioning.place_params(loaded.params, model_config.base, mesh)
+    loaded = run_setup.checkpoint_params(model_config, checkpoint_path, mesh, adapter_path)
     if loaded.adapter_source:
-        return (params, f"{loaded.source} + adapters {loaded.adapter_source}",
+        return (loaded.params, f"{loaded.source} + adapters {loaded.adapter_source}",
                 _step_label(loaded.adapter_source))
-    return params, loaded.source, _step_label(loaded.source)
+    return loaded.params, loaded.source, _step_label(loaded.source)
 
 
 def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
-             eval_config: evaluation.EvalConfig,
+             eval_config: EvalConfig,
              mesh_shape: tuple[int, int, int] = (-1, 1, 1),
              adapter_path: str | None = None) -> dict[str, Any]:
     """Scores a checkpoint (with ADAPTER_PATH's LoRA adapters merged, if set) on
     EVAL_MIXTURE; writes MODEL_DIR/eval/<step_N>/results.*."""
     if not model_dir:
         raise SettingError("MODEL_DIR is empty: the report is written to MODEL_DIR/eval/")
-    mesh = partitioning.make_mesh(mesh_shape)
+    mesh = run_setup.mesh(mesh_shape)
     evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()  # a bad task or record fails before the checkpoint is read
     params, source, label = _load(model_config, checkpoint_path, mesh, adapter_path)
@@ -64,7 +59,7 @@ def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: 
 
 
 def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
-          eval_config: evaluation.EvalConfig, output_file: str | None = None,
+          eval_config: EvalConfig, output_file: str | None = None,
           mesh_shape: tuple[int, int, int] = (-1, 1, 1),
           adapter_path: str | None = None) -> str:
     """Writes one jsonl line per example of EVAL_MIXTURE's tasks: inputs, targets, language,
@@ -72,7 +67,7 @@ def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str
     if not model_dir and not output_file:
         raise SettingError("set MODEL_DIR (predictions go to MODEL_DIR/infer/) or "
                            "INFER_OUTPUT_FILE")
-    mesh = partitioning.make_mesh(mesh_shape)
+    mesh = run_setup.mesh(mesh_shape)
     evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()
     params, _, label = _load(model_config, checkpoint_path, mesh, adapter_path)
