@@ -12,7 +12,8 @@ import optax
 
 from mtf import losses
 from mtf.errors import SettingError
-from mtf.model import T5Config, Transformer, lora, output_projection
+from mtf.model import T5Config, lora
+from mtf.model.family import ModelFamily, family_of
 from mtf.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -40,7 +41,7 @@ class LossConfig:
                                " ('pallas' runs on TPU only)")
 
 
-def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
+def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, family: ModelFamily,
                loss: LossConfig, frozen: Any = None
                ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
     """Numerator (differentiated), the summed statistics of one microbatch, and each target
@@ -48,17 +49,14 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: 
     `frozen`: the LoRA base, joined to `params` (the adapters) but not differentiated."""
     if frozen is not None:
         params = lora.join(frozen, params)
-    spec = model.config.batch_spec
-    inputs = {k: batch[k] for k in spec.model_inputs if k in batch}
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    hidden = model.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None,
-                         rngs=rngs, return_hidden=True)
+    spec = family.batch_spec
+    hidden = family.hidden_states(params, batch, dropout_rng)
     targets = batch[spec.targets]
     weights = batch.get(spec.loss_weights, (targets > 0).astype(jnp.float32))
     weights = weights.astype(jnp.float32)
     token_weights, denominator = losses.normalization_weights(
         weights, loss.normalizing_factor, batch.get(spec.target_segments))
-    kernel, compute_dtype, scale = output_projection(params, model.config)
+    kernel, compute_dtype, scale = family.output_projection(params)
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
         losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
@@ -106,7 +104,7 @@ def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int):
     return sums, _join_microbatches(per_row)
 
 
-def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: Transformer,
+def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, family: ModelFamily,
               loss: LossConfig, num_microbatches: int = 1, frozen: Any = None):
     """(loss, grads, stats): sums over microbatches, one division at the end; gradients
     of `params` only (with LoRA: the adapters, `frozen` being the base)."""
@@ -115,7 +113,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, model: T
     def terms(mb, index):
         rng = (dropout_rng if dropout_rng is None or index is None
                else jax.random.fold_in(dropout_rng, index))
-        (numerator, (stats, token_loss)), grads = grad_fn(params, mb, rng, model, loss,
+        (numerator, (stats, token_loss)), grads = grad_fn(params, mb, rng, family, loss,
                                                           frozen)
         return (numerator, stats, grads), token_loss
 
@@ -131,9 +129,9 @@ def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *
                config: T5Config, optimizer: optax.GradientTransformation, loss: LossConfig,
                num_microbatches: int = 1, learning_rate: optax.Schedule | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    model = Transformer(config)
+    family = family_of(config)
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, state.step)
-    value, grads, stats = gradients(state.params, batch, rng, model, loss, num_microbatches,
+    value, grads, stats = gradients(state.params, batch, rng, family, loss, num_microbatches,
                                     state.frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -147,10 +145,10 @@ def eval_metrics(params: Any, batch: Batch, *, config: T5Config, loss: LossConfi
                  num_microbatches: int = 1) -> dict[str, jax.Array]:
     """The train step's loss on a batch, without dropout or gradients (validation loss);
     microbatched the same way, so a batch that trains also evaluates in memory."""
-    model = Transformer(config)
+    family = family_of(config)
 
     def terms(mb, _index):
-        numerator, (stats, token_loss) = loss_terms(params, mb, None, model, loss)
+        numerator, (stats, token_loss) = loss_terms(params, mb, None, family, loss)
         return (numerator, stats), token_loss
 
     (numerator, stats), token_loss = _summed_over_microbatches(terms, batch, num_microbatches)

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from mtf import partitioning
-from mtf.model import T5Config, Transformer, init_params
+from mtf.model import T5Config, init_params
+from mtf.model.family import family_of
 from mtf.optim import make_optimizer
 from mtf.state import init_state
 from mtf.step import LossConfig, gradients
@@ -41,7 +42,7 @@ def run(shape, microbatches=1):
     mesh = partitioning.make_mesh(shape, devices)
     state = init_state(CONFIG, optimizer, mesh, jax.random.key(0))
     batch = jax.device_put(BATCH, partitioning.batch_sharding(mesh))
-    model = Transformer(CONFIG)
+    model = family_of(CONFIG)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
         fn = jax.jit(lambda p, b: gradients(p, b, None, model, loss_config, microbatches))
         loss, grads, _ = fn(state.params, batch)
@@ -62,7 +63,7 @@ if sys.argv[1:] == ["lora"]:
         state = init_state(adapted, optimizer, mesh, jax.random.key(0))
         trained = jax.tree.map(lambda x: x + 0.1, state.params)  # B != 0
         batch = jax.device_put(BATCH, partitioning.batch_sharding(mesh))
-        model = Transformer(adapted)
+        model = family_of(adapted)
         with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.RULES):
             fn = jax.jit(lambda p, f, b: gradients(p, b, None, model, loss_config, microbatches,
                                                    f))

@@ -11,17 +11,18 @@ import pytest
 
 from mtf import losses, step
 from mtf.model import T5Config, Transformer, init_params
+from mtf.model.family import family_of
 from mtf.step import LossConfig, gradients
 
 CONFIG = T5Config(vocab_size=53, emb_dim=16, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=2, head_dim=8, mlp_dim=32, dropout_rate=0.0)
 
 
-def reference_loss_terms(params, batch, dropout_rng, model, loss, frozen=None):
+def reference_loss_terms(params, batch, dropout_rng, family, loss, frozen=None):
     """The loss as it was before chunking: whole [batch, length, vocab] logits, autodiff."""
     assert frozen is None  # full finetuning only
     inputs = {k: batch[k] for k in CONFIG.batch_spec.model_inputs if k in batch}
-    logits = model.apply({"params": params}, **inputs, enable_dropout=False)
+    logits = Transformer(family.config).apply({"params": params}, **inputs, enable_dropout=False)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32))
     weights = weights.astype(jnp.float32)
@@ -67,7 +68,7 @@ def assert_same(got, want, rtol=1e-6):
 def test_chunked_equals_plain(monkeypatch, mode, packed, chunks, microbatches):
     params = init_params(CONFIG, jax.random.key(1))
     batch = make_batch(packed)
-    model = Transformer(CONFIG)
+    model = family_of(CONFIG)
     loss = LossConfig(normalizing_factor=mode, z_loss=1e-3, label_smoothing=0.1, chunks=chunks)
     got = jax.jit(lambda p, b: gradients(p, b, None, model, loss, microbatches))(params, batch)
     monkeypatch.setattr(step, "loss_terms", reference_loss_terms)
@@ -80,7 +81,7 @@ def test_each_term_alone_and_tied_logits(monkeypatch, z_loss, label_smoothing):
     config = CONFIG.replace(logits_via_embedding=True)
     params = init_params(config, jax.random.key(2))
     batch = make_batch(False, seed=3)
-    model = Transformer(config)
+    model = family_of(config)
     loss = LossConfig(z_loss=z_loss, label_smoothing=label_smoothing, chunks=3)
     got = jax.jit(lambda p, b: gradients(p, b, None, model, loss))(params, batch)
     monkeypatch.setattr(step, "loss_terms", reference_loss_terms)
@@ -93,7 +94,7 @@ def test_never_holds_the_whole_logits():
     config = CONFIG.replace(vocab_size=1031)
     params = init_params(config, jax.random.key(0))
     batch = make_batch(False, targets=16)
-    model = Transformer(config)
+    model = family_of(config)
 
     def hlo(chunks):
         fn = jax.jit(lambda p, b: gradients(p, b, None, model, LossConfig(chunks=chunks)))
@@ -139,7 +140,7 @@ def test_the_pallas_loss_kernel_equals_plain(monkeypatch, mode, packed, microbat
     config = CONFIG.replace(vocab_size=300)
     params = init_params(config, jax.random.key(1))
     batch = make_batch(packed)
-    model = Transformer(config)
+    model = family_of(config)
     loss = LossConfig(normalizing_factor=mode, z_loss=1e-3, label_smoothing=0.1,
                       kernel="pallas")
     with pltpu.force_tpu_interpret_mode(), jax.default_matmul_precision("float32"):

@@ -142,7 +142,7 @@ def test_validation_loss_is_the_train_loss_on_the_validation_split(mesh, params)
     from mtf import step
     from mtf.data import batches
     from mtf.eval import validation
-    from mtf.model import Transformer
+    from mtf.model.family import family_of
     data = batches.DataConfig("mini_xp3_sw", {"inputs": 24, "targets": 12}, pack=True)
     loss = step.LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE", z_loss=1e-4)
     dropout = TINY.replace(dropout_rate=0.3)  # validation must switch it off
@@ -150,7 +150,7 @@ def test_validation_loss_is_the_train_loss_on_the_validation_split(mesh, params)
                                          loss, k, steps=3)(params) for k in (1, 2)]
     source = dataclasses.replace(data, split="validation", shuffle=False, seekable=False)
     stream = batches.batches(source, 8)
-    model = Transformer(TINY)
+    model = family_of(TINY)
     expected = []
     for _ in range(3):
         batch = next(stream)

@@ -16,6 +16,7 @@ from mtf import partitioning, state, step
 from mtf.convert import CheckpointError, adapters, load_hf, peft
 from mtf.errors import SettingError
 from mtf.model import LoraConfig, T5Config, Transformer, init_params, lora
+from mtf.model.family import family_of
 from mtf.optim import make_optimizer
 from tests.conftest import random_batch
 from tests.hf_reference import hf_logits, random_hf_mt5
@@ -95,7 +96,7 @@ def test_microbatches_give_the_one_batch_adapter_gradients():
     optimizer = make_optimizer("adafactor")
     start = _lora_state(ADAPTED, optimizer)
     params = randomized(start.params)  # non-zero B: gradients reach both A and B
-    model = Transformer(ADAPTED)
+    model = family_of(ADAPTED)
     batch = random_batch(np.random.default_rng(1), 64, batch=8)
     loss = step.LossConfig(normalizing_factor="AVERAGE_PER_SEQUENCE")
     one = jax.jit(lambda p, f: step.gradients(p, batch, None, model, loss, 1, f))

@@ -8,6 +8,7 @@ import pytest
 
 from mtf import losses
 from mtf.model import T5Config, Transformer, init_params
+from mtf.model.family import family_of
 from mtf.optim import make_optimizer, make_schedule
 from mtf.state import TrainState
 from mtf.step import LossConfig, gradients, train_step
@@ -40,7 +41,7 @@ def params():
 def test_microbatches_give_the_one_batch_gradient(params, mode):
     loss = LossConfig(normalizing_factor=mode, z_loss=1e-4)
     batch = uneven_batch()
-    model = Transformer(CONFIG)
+    model = family_of(CONFIG)
     one = jax.jit(lambda p, b: gradients(p, b, None, model, loss, 1))(params, batch)
     four = jax.jit(lambda p, b: gradients(p, b, None, model, loss, 4))(params, batch)
     np.testing.assert_allclose(four[0], one[0], rtol=1e-5)

@@ -22,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
 from mtf.errors import SettingError
-from mtf.model import T5Config, Transformer
+from mtf.model import T5Config
+from mtf.model.family import DecodeStep, ModelFamily, family_of
 
 PAD_ID, EOS_ID = 0, 1
 NEG_INF = -1.0e7  # finite, so sums of impossible scores stay ordered
@@ -120,32 +121,11 @@ def _log_probs(logits: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits).at[:, PAD_ID].set(NEG_INF)
 
 
-def _step_fn(model: Transformer, params: Any, encoded: jax.Array, encoder_tokens: jax.Array,
-             length: int):
-    """(cache, tokens [b, 1], mode) -> (float32 logits [b, vocab], cache)."""
-
-    def step(cache, tokens, mode):
-        logits, variables = model.apply(
-            {"params": params, "cache": cache}, encoded, encoder_tokens, tokens, tokens,
-            enable_dropout=False, decode=True, max_decode_length=length, cross_cache=mode,
-            mutable=["cache"], method=Transformer.decode)
-        return logits[:, -1, :].astype(jnp.float32), variables["cache"]
-
-    return step
-
-
-def _empty_cache(model: Transformer, batch: int, input_length: int, length: int) -> Any:
-    tokens = jnp.ones((batch, length), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.ones((batch, input_length), jnp.int32), tokens, tokens,
-        enable_dropout=False, decode=True, max_decode_length=length, cross_cache="fill"))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-
-
-def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
-    """Greedy (temperature 0) or sampling: one token per row per step until all hit EOS."""
+def _sample(step: DecodeStep, logits: jax.Array, cache: Any, batch: int, cfg: DecodeConfig,
+            rng: jax.Array):
+    """Greedy (temperature 0) or sampling: one token per row per step until all hit EOS
+    (`logits`: the first token's, from the family's `start_decoding`)."""
     length = cfg.max_decode_length
-    logits, cache = step(cache, jnp.zeros((batch, 1), jnp.int32), "fill")
 
     def choose(logits, key):
         if cfg.temperature == 0.0:
@@ -176,7 +156,7 @@ def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
 
     def body(carry):
         i, token, cache, out, total, done, key = carry
-        logits, cache = step(cache, token[:, None], "read")
+        logits, cache = step(cache, token[:, None])
         token, out, total, done, key = emit(i + 1, logits, out, total, done, key)
         return i + 1, token, cache, out, total, done, key
 
@@ -188,23 +168,10 @@ def _sample(step, cache, batch: int, cfg: DecodeConfig, rng: jax.Array):
     return out[:, None], total[:, None], total[:, None]
 
 
-def _gather_beams(tree: Any, beams: jax.Array, batch: int, beam_size: int) -> Any:
-    """Reorders the [batch * beam, ...] self-attention cache by the chosen source beams."""
-    flat = (jnp.arange(batch)[:, None] * beam_size + beams).reshape(-1)
-
-    def gather(path, x):
-        name = jax.tree_util.keystr(path)
-        if x.ndim < 4 or "cross" in name:  # indices, and the per-example encoder cache
-            return x
-        return jnp.take(x, flat, axis=x.ndim - 4)  # [layers,] batch, length, heads, kv
-
-    return jax.tree_util.tree_map_with_path(gather, tree)
-
-
-def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
+def _beam_search(family: ModelFamily, step: DecodeStep, logits: jax.Array, cache: Any,
+                 batch: int, cfg: DecodeConfig):
     """T5X-style beam search over a cache already holding `beam_size` rows per example."""
     k, length = cfg.beam_size, cfg.max_decode_length
-    logits, cache = step(cache, jnp.zeros((batch * k, 1), jnp.int32), "fill")
     log_probs = _log_probs(logits)
     vocab = log_probs.shape[-1]
     if 2 * k > k * vocab:
@@ -229,9 +196,10 @@ def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
         fin_lp = jnp.take_along_axis(jnp.concatenate([fin_lp, new_lp], axis=1), keep, axis=1)
         alive_lp, chosen = jax.lax.top_k(jnp.where(token == EOS_ID, NEG_INF, top_lp), k)
         alive_seq = jnp.take_along_axis(seqs, chosen[:, :, None], axis=1)
-        cache = _gather_beams(cache, jnp.take_along_axis(source, chosen, axis=1), batch, k)
+        kept = jnp.take_along_axis(source, chosen, axis=1)  # each new beam's source beam
+        cache = family.reorder_cache(cache, (jnp.arange(batch)[:, None] * k + kept).reshape(-1))
         next_token = jnp.take_along_axis(token, chosen, axis=1).reshape(batch * k, 1)
-        logits, cache = step(cache, next_token, "read")
+        logits, cache = step(cache, next_token)
         return (i + 1, _log_probs(logits), cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp)
 
     def cond(carry):
@@ -251,19 +219,14 @@ def _beam_search(step, cache, batch: int, cfg: DecodeConfig):
 def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
                  config: T5Config, decode: DecodeConfig) -> tuple[jax.Array, ...]:
     """(tokens [b, n, L], scores [b, n], log-likelihoods [b, n]) for one batch of inputs."""
-    model = Transformer(config.for_inference)
-    batch, input_length = encoder_tokens.shape
-    rows = decode.outputs_per_input
-    encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False,
-                          method=Transformer.encode)
-    if rows > 1:  # every beam / sample gets its own cache rows
-        encoded = jnp.repeat(encoded, rows, axis=0)
-        encoder_tokens = jnp.repeat(encoder_tokens, rows, axis=0)
-    step = _step_fn(model, params, encoded, encoder_tokens, decode.max_decode_length)
-    cache = _empty_cache(model, batch * rows, input_length, decode.max_decode_length)
+    family = family_of(config)
+    batch = encoder_tokens.shape[0]
+    rows = decode.outputs_per_input  # every beam / sample gets its own cache rows
+    logits, cache, step = family.start_decoding(params, encoder_tokens, rows,
+                                                decode.max_decode_length)
     if decode.beam_size > 1:
-        return _beam_search(step, cache, batch, decode)
-    tokens, scores, lls = _sample(step, cache, batch * rows, decode, rng)
+        return _beam_search(family, step, logits, cache, batch, decode)
+    tokens, scores, lls = _sample(step, logits, cache, batch * rows, decode, rng)
     return (tokens.reshape(batch, rows, -1), scores.reshape(batch, rows),
             lls.reshape(batch, rows))
 

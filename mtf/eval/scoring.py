@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import losses, partitioning
 from mtf.errors import SettingError
-from mtf.model import T5Config, Transformer, output_projection
+from mtf.model import T5Config
+from mtf.model.family import family_of
 
 
 def score_rows(params: Any, encoder_tokens: jax.Array, row_example: jax.Array,
@@ -29,14 +30,9 @@ def score_rows(params: Any, encoder_tokens: jax.Array, row_example: jax.Array,
                ) -> tuple[jax.Array, jax.Array]:
     """(summed log-likelihood, token count) of each row's targets [rows, length] given the
     prompt of example `row_example[r]`; rows of all-0 targets score 0."""
-    model = Transformer(config.for_inference)
-    encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False,
-                          method=Transformer.encode)
-    decoder_inputs = jnp.pad(row_targets[:, :-1], ((0, 0), (1, 0)))
-    hidden = model.apply({"params": params}, encoded[row_example], encoder_tokens[row_example],
-                         decoder_inputs, row_targets, enable_dropout=False, return_hidden=True,
-                         method=Transformer.decode)
-    kernel, dtype, scale = output_projection(params, config)
+    family = family_of(config)
+    hidden = family.choice_hidden_states(params, encoder_tokens, row_example, row_targets)
+    kernel, dtype, scale = family.output_projection(params)
     weights = (row_targets > 0).astype(jnp.float32)
     _, per_token, _ = losses.fused_cross_entropy(
         hidden, kernel, row_targets, weights,

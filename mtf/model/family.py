@@ -1,0 +1,130 @@
+"""What is particular to a model family, behind one object the rest of mtf calls.
+
+The train step (`step`), rank classification (`eval.scoring`) and decoding
+(`eval.decoding`) ask `family_of(config)` for hidden states, the output projection, the
+decoding cache and how beams reorder it, and never call the network themselves. A second
+family (decoder-only) is its config class, its network and a class here with the same
+methods, added to `family_of`: new files, not branches in the step, the scorer or the
+search. T5X's model classes (EncoderDecoderModel, DecoderOnlyModel) draw the same line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from mtf.model.config import T5Config
+from mtf.model.features import BatchSpec
+from mtf.model.network import Transformer, output_projection
+
+# (cache, tokens [rows, 1]) -> (float32 logits of the next token [rows, vocab], cache)
+DecodeStep = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
+
+
+class ModelFamily(Protocol):
+    """The calls the train step, the scorer and the decoder make on a model."""
+
+    @property
+    def batch_spec(self) -> BatchSpec: ...
+
+    def hidden_states(self, params: Any, batch: dict[str, jax.Array],
+                      dropout_rng: jax.Array | None) -> jax.Array: ...
+
+    def output_projection(self, params: Any) -> tuple[jax.Array, str, float]: ...
+
+    def choice_hidden_states(self, params: Any, prompts: jax.Array, row_prompt: jax.Array,
+                             row_targets: jax.Array) -> jax.Array: ...
+
+    def start_decoding(self, params: Any, prompts: jax.Array, rows_per_prompt: int,
+                       length: int) -> tuple[jax.Array, Any, DecodeStep]: ...
+
+    def reorder_cache(self, cache: Any, rows: jax.Array) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+    """mT5 (T5.1.1): the prompt is encoded once; the decoder reads it through cross
+    attention and starts generating from token 0 (T5's convention)."""
+
+    config: T5Config
+
+    @property
+    def batch_spec(self) -> BatchSpec:
+        return self.config.batch_spec
+
+    def hidden_states(self, params: Any, batch: dict[str, jax.Array],
+                      dropout_rng: jax.Array | None) -> jax.Array:
+        """The decoder's last states [batch, targets, emb] for a train batch (the loss
+        projects them to the vocabulary in chunks); dropout when `dropout_rng` is given."""
+        inputs = {k: batch[k] for k in self.batch_spec.model_inputs if k in batch}
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        return Transformer(self.config).apply(
+            {"params": params}, **inputs, enable_dropout=dropout_rng is not None, rngs=rngs,
+            return_hidden=True)
+
+    def output_projection(self, params: Any) -> tuple[jax.Array, str, float]:
+        """(kernel [emb, vocab], compute dtype, scale) the hidden states project through."""
+        return output_projection(params, self.config)
+
+    def choice_hidden_states(self, params: Any, prompts: jax.Array, row_prompt: jax.Array,
+                             row_targets: jax.Array) -> jax.Array:
+        """States [rows, length, emb] predicting each row's targets given prompt
+        `row_prompt[r]`: each prompt encoded once, its encoding shared by its rows."""
+        model = Transformer(self.config.for_inference)
+        encoded = model.apply({"params": params}, prompts, enable_dropout=False,
+                              method=Transformer.encode)
+        decoder_inputs = jnp.pad(row_targets[:, :-1], ((0, 0), (1, 0)))
+        return model.apply({"params": params}, encoded[row_prompt], prompts[row_prompt],
+                           decoder_inputs, row_targets, enable_dropout=False,
+                           return_hidden=True, method=Transformer.decode)
+
+    def start_decoding(self, params: Any, prompts: jax.Array, rows_per_prompt: int,
+                       length: int) -> tuple[jax.Array, Any, DecodeStep]:
+        """(logits of the first token [prompts x rows, vocab], the cache, the step): the
+        prompts encoded once, each repeated for its rows (beams or samples), the cross
+        attention's keys and values computed by the first step and read after it."""
+        model = Transformer(self.config.for_inference)
+        encoded = model.apply({"params": params}, prompts, enable_dropout=False,
+                              method=Transformer.encode)
+        if rows_per_prompt > 1:
+            encoded = jnp.repeat(encoded, rows_per_prompt, axis=0)
+            prompts = jnp.repeat(prompts, rows_per_prompt, axis=0)
+
+        def step(cache: Any, tokens: jax.Array, cross_cache: str = "read"):
+            logits, variables = model.apply(
+                {"params": params, "cache": cache}, encoded, prompts, tokens, tokens,
+                enable_dropout=False, decode=True, max_decode_length=length,
+                cross_cache=cross_cache, mutable=["cache"], method=Transformer.decode)
+            return logits[:, -1, :].astype(jnp.float32), variables["cache"]
+
+        rows = prompts.shape[0]
+        tokens = jnp.ones((rows, length), jnp.int32)
+        shapes = jax.eval_shape(lambda: model.init(
+            jax.random.key(0), jnp.ones(prompts.shape, jnp.int32), tokens, tokens,
+            enable_dropout=False, decode=True,
+            max_decode_length=length, cross_cache="fill"))
+        empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+        logits, cache = step(empty, jnp.zeros((rows, 1), jnp.int32), "fill")
+        return logits, cache, step
+
+    def reorder_cache(self, cache: Any, rows: jax.Array) -> Any:
+        """The self-attention cache with row i taken from row `rows[i]` (beam search keeps
+        the beams it extends); the cross-attention cache is the same for a prompt's rows."""
+
+        def take(path, x):
+            if x.ndim < 4 or "cross" in jax.tree_util.keystr(path):  # indices; the prompt's
+                return x
+            return jnp.take(x, rows, axis=x.ndim - 4)  # [layers,] batch, length, heads, kv
+
+        return jax.tree_util.tree_map_with_path(take, cache)
+
+
+def family_of(config: T5Config) -> ModelFamily:
+    """The family whose network `config` describes."""
+    if isinstance(config, T5Config):
+        return EncoderDecoder(config)
+    raise TypeError(f"no model family for {type(config).__name__}")
