@@ -154,3 +154,30 @@ def test_no_module_level_mutable_run_state():
             if target in module_level and f"{name}.{target}" not in REGISTRATION_STATE:
                 found.append(f"{name}:{node.lineno} mutates module-level {target}")
     assert not found, "\n".join(found)
+
+
+def test_the_readme_layout_names_every_module():
+    """README's "How the code is laid out" matches the code: each module of mtf/ is named,
+    a subfolder's modules on its folder's lines."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## How the code is laid out"):]
+    block = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n"))]
+    folders: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            current = line.split()[0] if line.split() else None
+        if current and current.endswith("/"):
+            folders[current] = folders.get(current, "") + " " + line
+    missing = []
+    for path in MODULES.values():
+        parts = path.relative_to(REPO).parts
+        if parts[0] != "mtf" or path.name == "__init__.py":
+            continue
+        if len(parts) == 2:
+            if f"mtf/{path.name}" not in block:
+                missing.append(str(path.relative_to(REPO)))
+        elif path.stem not in folders.get(f"mtf/{parts[1]}/", "").replace(".py", " ").replace(
+                ",", " ").replace("(", " ").split():
+            missing.append(str(path.relative_to(REPO)))
+    assert not missing, f"README's layout does not name {missing}"
