@@ -26,10 +26,16 @@ DecodeStep = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 
 
 class ModelFamily(Protocol):
-    """The calls the train step, the scorer and the decoder make on a model."""
+    """The calls the train step, the scorer, the decoder and the parameter helpers
+    (`params`) make on a model."""
 
     @property
     def batch_spec(self) -> BatchSpec: ...
+
+    @property
+    def layer_stacks(self) -> dict[str, int]: ...
+
+    def boxed_params(self, rng: jax.Array) -> Any: ...
 
     def hidden_states(self, params: Any, batch: dict[str, jax.Array],
                       dropout_rng: jax.Array | None) -> jax.Array: ...
@@ -55,6 +61,19 @@ class EncoderDecoder:
     @property
     def batch_spec(self) -> BatchSpec:
         return self.config.batch_spec
+
+    @property
+    def layer_stacks(self) -> dict[str, int]:
+        """Each stack of identical layers (scanned as one) and its depth."""
+        return {"encoder": self.config.num_encoder_layers,
+                "decoder": self.config.num_decoder_layers}
+
+    def boxed_params(self, rng: jax.Array) -> Any:
+        """Initialised parameters, still boxed with their logical axes (flax)."""
+        tokens = jnp.ones((1, 1), jnp.int32)
+        return Transformer(self.config).init(
+            rng, encoder_input_tokens=tokens, decoder_input_tokens=tokens,
+            decoder_target_tokens=tokens, enable_dropout=False)["params"]
 
     def hidden_states(self, params: Any, batch: dict[str, jax.Array],
                       dropout_rng: jax.Array | None) -> jax.Array:

@@ -7,25 +7,17 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from mtf.model.config import T5Config
-from mtf.model.network import Transformer
+from mtf.model.family import family_of
 
 Params = dict[str, Any]
-STACKS = {"encoder": "num_encoder_layers", "decoder": "num_decoder_layers"}
-
-
-def _init_inputs(batch: int = 1, length: int = 1) -> dict[str, jax.Array]:
-    tokens = jnp.ones((batch, length), jnp.int32)
-    return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens,
-            "decoder_target_tokens": tokens}
 
 
 def _boxed_init(config: T5Config, rng: jax.Array) -> Params:
-    return Transformer(config).init(rng, **_init_inputs(), enable_dropout=False)["params"]
+    return family_of(config).boxed_params(rng)
 
 
 def init_params(config: T5Config, rng: jax.Array) -> Params:
@@ -56,9 +48,9 @@ def flat_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
 def scan_params(params: Params, config: T5Config) -> Params:
     """Stacks `layers_N` subtrees into one `layers` subtree with a leading layer axis."""
     out = dict(params)
-    for stack, count_field in STACKS.items():
+    for stack, depth in family_of(config).layer_stacks.items():
         tree = dict(params[stack])
-        layers = [tree.pop(f"layers_{i}") for i in range(getattr(config, count_field))]
+        layers = [tree.pop(f"layers_{i}") for i in range(depth)]
         tree["layers"] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                                       *layers)
         out[stack] = tree
@@ -68,10 +60,10 @@ def scan_params(params: Params, config: T5Config) -> Params:
 def unscan_params(params: Params, config: T5Config) -> Params:
     """Inverse of `scan_params`."""
     out = dict(params)
-    for stack, count_field in STACKS.items():
+    for stack, depth in family_of(config).layer_stacks.items():
         tree = dict(params[stack])
         stacked = tree.pop("layers")
-        for i in range(getattr(config, count_field)):
+        for i in range(depth):
             tree[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
         out[stack] = tree
     return out
