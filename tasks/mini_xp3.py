@@ -1,7 +1,9 @@
 """The embedded mini-xP3: prompted multilingual tasks built from CLDR (no download).
 
 Training mixture `mini_xp3`: one task per language (`mini_xp3_<lang>`), four task types,
-English and in-language prompts. Held out (`mini_xp3_heldout`): the task type
+English and in-language prompts; `mini_xp3_smoke`, six of its languages, starts a run in
+a few seconds less (each task's input pipeline is built at start-up), for smoke tests and
+CI. Held out (`mini_xp3_heldout`): the task type
 `currency_from_english` in every training language, and every task type in the held-out
 languages, to measure zero-shot task and language generalisation. Held-out examples are
 also rank-classification ones, as the paper's held-out sets: the target among up to three
@@ -25,6 +27,7 @@ TEMPLATES = HERE / "templates" / "mini_xp3.yaml"
 VOCABULARY_PATH = HERE / "vocab" / "mini_xp3.model"
 
 HELDOUT_LANGUAGES = ("ig", "ta", "eu")
+SMOKE_LANGUAGES = ("sw", "yo", "hi", "ar", "zh", "bm")  # low- and high-resource, four scripts
 HELDOUT_TASK_TYPE = "currency_from_english"
 # tw is Akan in CLDR, the same data as ak; fon and tum are not in CLDR.
 LANGUAGES = tuple(c for c in languages.XP3_LANGUAGES
@@ -110,6 +113,8 @@ def register() -> None:
     train = [_register(f"mini_xp3_{c}", c, TRAINING_TASK_TYPES, 0.05) for c in LANGUAGES]
     seqio_tasks.register_mixture(
         "mini_xp3", [(name, mixing.rate_fn("temperature")) for name in train])
+    seqio_tasks.register_mixture("mini_xp3_smoke", [
+        (f"mini_xp3_{c}", mixing.rate_fn("temperature")) for c in SMOKE_LANGUAGES])
     heldout = [_register(f"mini_xp3_heldout_currency_{c}", c, (HELDOUT_TASK_TYPE,), 1.0, True)
                for c in LANGUAGES if cldr.term_records(c, ("currency",))]
     heldout += [_register(f"mini_xp3_heldout_{c}", c, tuple(TASK_TYPES), 1.0, True)

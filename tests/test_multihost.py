@@ -79,7 +79,7 @@ def test_two_hosts_resume_a_packed_cached_run_from_both_packer_states(tmp_path):
     from tests.train_helpers import last_losses
 
     cache = tmp_path / "cache"
-    build(cache, "mini_xp3", lengths={"inputs": 32, "targets": 16}, count=1)
+    build(cache, "mini_xp3_smoke", lengths={"inputs": 32, "targets": 16}, count=1)
     cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "14", "LOG_PERIOD": "1"}
     reference = tmp_path / "reference"
     hosts = start_hosts(reference, **cached)

@@ -226,7 +226,7 @@ def test_cached_runs_resume_exactly_packed_after_kill_9_and_unpacked(tmp_path):
     from tests.test_token_cache import build
 
     cache = tmp_path / "cache"
-    build(cache, "mini_xp3", lengths={"inputs": 32, "targets": 16}, count=1)
+    build(cache, "mini_xp3_smoke", lengths={"inputs": 32, "targets": 16}, count=1)
     cached = {"DATA_CACHE_DIR": f"'{cache}'", "TRAIN_STEPS": "60"}  # the kill lands mid-run
     reference = run(tmp_path / "reference", **cached)
     assert reference.returncode == 0, reference.stderr[-3000:]
