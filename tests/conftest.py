@@ -44,3 +44,20 @@ def random_batch(rng: np.random.Generator, vocab: int, batch: int = 3, inputs: i
     dec_in[:, 1:] = tgt[:, :-1]
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
             "decoder_target_tokens": tgt}
+
+
+# The longest test files first (their durations in .ci/run's log, longest first), so that
+# pytest-xdist, which hands whole files to its workers in collection order, ends with
+# short files on every worker instead of one worker alone in a long one. Files not named
+# here follow in their usual order.
+LONGEST_FIRST = ("test_train_faults.py", "test_plan.py", "test_train.py",
+                 "test_entry_points.py", "test_long_runs.py", "test_gcs.py",
+                 "test_multihost.py", "test_model.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the others, is kept
