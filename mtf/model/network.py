@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,7 +97,7 @@ def _remat_policy(name: str):
             }[name]
 
 
-def _run_layers(cfg: T5Config, layer_cls, num_layers: int, x: Array, layer_kwargs: dict,
+def run_layers(cfg: Any, layer_cls, num_layers: int, x: Array, layer_kwargs: dict,
                 broadcast_args: tuple) -> Array:
     """Applies `num_layers` layers as `layers_N` modules, or as one scanned `layers`."""
     if cfg.remat_policy != "none":
@@ -132,7 +134,7 @@ class Encoder(nn.Module):
             mask = masks.encoder_mask(tokens, segment_ids)
         x = self.shared_embedding(tokens)
         x = _dropout(cfg, x, deterministic).astype(cfg.activation_dtype)
-        x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x,
+        x = run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x,
                         {"deterministic": deterministic}, (mask, bias))
         x = _norm(cfg, "encoder_norm")(x)
         return _dropout(cfg, x, deterministic)
@@ -155,7 +157,7 @@ class Decoder(nn.Module):
                                           length, length, False)
         y = self.shared_embedding(tokens)
         y = _dropout(cfg, y, deterministic).astype(cfg.activation_dtype)
-        y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
+        y = run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y,
                         {"deterministic": deterministic, "decode": decode,
                          "cross_cache": cross_cache},
                         (encoded, self_mask, cross_mask, bias))

@@ -1,0 +1,88 @@
+"""Hugging Face `LlamaForCausalLM` <-> mtf's LLaMA: config fields and parameter names.
+
+HF stores each projection as torch's Linear weight [out, in]; mtf stores T5X-style
+kernels [in, out] under logical names, so every matrix is transposed one way. The tensor
+mapping is a table (`_LAYER_NAMES`) read in both directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mtf.convert.errors import CheckpointError
+from mtf.model.llama import LlamaConfig, RopeScaling
+
+Params = dict[str, Any]
+
+# mtf's path inside `layers_N` -> HF's name inside `model.layers.N` (weights transposed,
+# except the norm scales)
+_LAYER_NAMES = {
+    ("pre_attention_layer_norm", "scale"): "input_layernorm.weight",
+    ("attention", "query", "kernel"): "self_attn.q_proj.weight",
+    ("attention", "key", "kernel"): "self_attn.k_proj.weight",
+    ("attention", "value", "kernel"): "self_attn.v_proj.weight",
+    ("attention", "out", "kernel"): "self_attn.o_proj.weight",
+    ("pre_mlp_layer_norm", "scale"): "post_attention_layernorm.weight",
+    ("mlp", "gate", "kernel"): "mlp.gate_proj.weight",
+    ("mlp", "up", "kernel"): "mlp.up_proj.weight",
+    ("mlp", "down", "kernel"): "mlp.down_proj.weight",
+}
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
+    """mtf's LlamaConfig from an HF `config.json` of model_type 'llama'."""
+    if hf.get("model_type") != "llama":
+        raise CheckpointError(f"config.json has model_type {hf.get('model_type')!r}, not "
+                              "'llama'")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise CheckpointError("LLaMA checkpoints with attention or MLP biases are not "
+                              "supported (attention_bias / mlp_bias in config.json)")
+    # transformers 5 writes `rope_parameters` (theta inside); checkpoints saved before it
+    # have `rope_theta` and `rope_scaling` at the top level
+    scaling = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(scaling.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    rope = None
+    if kind != "default":
+        if kind != "llama3":
+            raise CheckpointError(f"rope_scaling of type {kind!r} is not supported (only "
+                                  "Llama 3's 'llama3')")
+        rope = RopeScaling(float(scaling["factor"]), float(scaling["low_freq_factor"]),
+                           float(scaling["high_freq_factor"]),
+                           int(scaling["original_max_position_embeddings"]))
+    heads = int(hf["num_attention_heads"])
+    return LlamaConfig(
+        vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["hidden_size"]), num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+        mlp_dim=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta, rope_scaling=rope,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Params:
+    """mtf's unscanned float32 parameter tree from HF's state dict (numpy arrays)."""
+
+    def take(name: str, transpose: bool) -> np.ndarray:
+        if name not in tensors:
+            raise CheckpointError(f"the HF checkpoint has no tensor {name!r}")
+        value = np.asarray(tensors[name], np.float32)
+        return value.T if transpose else value
+
+    params: Params = {"token_embedder": {"embedding": take("model.embed_tokens.weight", False)},
+                      "final_norm": {"scale": take("model.norm.weight", False)}}
+    for i in range(config.num_layers):
+        layer: Params = {}
+        for path, hf_name in _LAYER_NAMES.items():
+            node = layer
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = take(f"model.layers.{i}.{hf_name}", path[-1] == "kernel")
+        params[f"layers_{i}"] = layer
+    if not config.tie_word_embeddings:
+        params["logits_kernel"] = take("lm_head.weight", True)
+    return params

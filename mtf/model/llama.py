@@ -1,0 +1,216 @@
+"""The LLaMA architecture (Llama 2 and 3 shapes) as a decoder-only Flax network.
+
+RMSNorm before attention and MLP, rotary position embeddings on queries and keys (HF's
+half-split layout, with Llama 3's frequency scaling as an option), grouped-query attention
+(any number of key/value heads dividing the query heads), a SwiGLU MLP, and a tied or
+separate output embedding. Parameters carry T5X-style logical axis names, so the mesh rule
+table shards them as it shards mT5; packing is by segment ids with positions reset per
+example. Written here because no maintained Flax LLaMA takes mtf's logical axes, scan and
+LoRA layers (Levanter's is Equinox/Haliax, MaxText's is not a library).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtf.errors import SettingError
+from mtf.model.config import REMAT_POLICIES, LoraConfig
+from mtf.model.layers import NEG_INF, Dense, Embed, RMSNorm, constrain, logical_param
+from mtf.model.network import run_layers
+
+Array = jax.Array
+EMBED_AXES = ("batch", "length", "embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3's rotary frequency scaling (HF's rope_type 'llama3')."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shapes and switches of a LLaMA decoder, named after HF's `LlamaConfig` where it has
+    the field (emb_dim = hidden_size, mlp_dim = intermediate_size)."""
+
+    vocab_size: int
+    emb_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    num_layers: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"  # activation dtype; parameters are always float32
+    remat_policy: str = "none"
+    scan_layers: bool = False
+    lora: LoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim",
+                     "mlp_dim", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise SettingError(f"LlamaConfig.{name} must be a positive integer, got "
+                                   f"{value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise SettingError(f"LlamaConfig.num_kv_heads={self.num_kv_heads} must divide "
+                               f"num_heads={self.num_heads} (grouped-query attention)")
+        if self.head_dim % 2:
+            raise SettingError(f"LlamaConfig.head_dim={self.head_dim} must be even (rotary "
+                               "embeddings rotate pairs)")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise SettingError(f"LlamaConfig.remat_policy={self.remat_policy!r}: use one of "
+                               f"{REMAT_POLICIES}")
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes: Any) -> LlamaConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def rope_frequencies(config: LlamaConfig) -> Array:
+    """The inverse frequencies [head_dim / 2] of the rotary embedding (Llama 3 scaled)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+              / (s.high_freq_factor - s.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates x [batch, length, heads, head_dim] by its positions [batch, length], the two
+    halves of head_dim paired (HF's rotate_half), in float32."""
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def causal_segment_bias(segment_ids: Array, dtype: jnp.dtype) -> Array:
+    """Additive attention bias [batch, 1, q, k]: a query sees earlier and equal positions of
+    its own segment; segment 0 is padding and sees nothing it could be harmed by."""
+    length = segment_ids.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), bool))[None]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    allowed = causal & same & (segment_ids[:, None, :] > 0)
+    return jnp.where(allowed, 0.0, NEG_INF).astype(dtype)[:, None]
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, bias: Array) -> Array:
+        cfg, dtype = self.config, self.config.activation_dtype
+        groups = cfg.num_heads // cfg.num_kv_heads
+
+        def project(name: str, heads: int) -> Array:
+            return Dense((heads, cfg.head_dim), ("embed", "joined_kv"), dtype=dtype,
+                         lora=cfg.lora, name=name)(x)
+
+        inv_freq = rope_frequencies(cfg)
+        query = apply_rope(project("query", cfg.num_heads), positions, inv_freq)
+        key = apply_rope(project("key", cfg.num_kv_heads), positions, inv_freq)
+        value = project("value", cfg.num_kv_heads)
+        batch, length = x.shape[:2]
+        query = query.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("bqhgd,bkhd->bhgqk", query.astype(jnp.float32),
+                            key.astype(jnp.float32)) / math.sqrt(cfg.head_dim)
+        scores = scores + bias[:, :, None].astype(jnp.float32)
+        weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value.astype(dtype))
+        out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        return Dense(cfg.emb_dim, ("joined_kv", "embed"), axis=(-2, -1), dtype=dtype,
+                     lora=cfg.lora, name="out")(out)
+
+
+class Mlp(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg, dtype = self.config, self.config.activation_dtype
+        gate = Dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, lora=cfg.lora,
+                     name="gate")(x)
+        up = Dense(cfg.mlp_dim, ("embed", "mlp"), dtype=dtype, lora=cfg.lora, name="up")(x)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Dense(cfg.emb_dim, ("mlp", "embed"), dtype=dtype, lora=cfg.lora,
+                     name="down")(hidden)
+
+
+class LlamaLayer(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, bias: Array):
+        cfg = self.config
+        norm = dict(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype)
+        h = Attention(cfg, name="attention")(
+            RMSNorm(**norm, name="pre_attention_layer_norm")(x), positions, bias)
+        x = constrain(x + h, EMBED_AXES)
+        h = Mlp(cfg, name="mlp")(RMSNorm(**norm, name="pre_mlp_layer_norm")(x))
+        x = constrain(x + h, EMBED_AXES)
+        return (x, None) if cfg.scan_layers else x
+
+
+class Llama(nn.Module):
+    """`apply({'params': p}, tokens, segment_ids=None, positions=None)` -> logits [batch,
+    length, vocab] (or, with `return_hidden`, the final normed states the logits project
+    from). Without segment ids every position is one sequence; with them, 0 is padding."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, segment_ids: Array | None = None,
+                 positions: Array | None = None, return_hidden: bool = False) -> Array:
+        cfg, dtype = self.config, self.config.activation_dtype
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+        embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype,
+                         embedding_init=nn.initializers.normal(stddev=0.02),
+                         name="token_embedder")
+        x = embedder(tokens)
+        bias = causal_segment_bias(segment_ids, dtype)
+        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {}, (positions, bias))
+        x = RMSNorm(epsilon=cfg.rms_norm_eps, dtype=dtype, name="final_norm")(x)
+        if return_hidden:
+            return x
+        if cfg.tie_word_embeddings:
+            return embedder.attend(x)
+        kernel = logical_param(self, "logits_kernel", nn.initializers.normal(stddev=0.02),
+                               (cfg.emb_dim, cfg.vocab_size), ("embed", "vocab"))
+        return jnp.dot(x, kernel.astype(dtype))

@@ -1,0 +1,125 @@
+"""mtf's LLaMA network against Hugging Face's `LlamaForCausalLM` (an independent
+implementation, torch on the CPU), on random weights in float32, on odd shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM
+
+from mtf.convert.errors import CheckpointError
+from mtf.convert.hf_llama import config_from_hf, params_from_hf
+from mtf.errors import SettingError
+from mtf.model.llama import Llama, LlamaConfig
+
+# 6 query heads over 2 key/value heads, a head size (10) that is neither 64 nor
+# hidden / heads, a vocabulary that is not a multiple of 128
+ODD = dict(vocab_size=301, hidden_size=48, intermediate_size=72, num_attention_heads=6,
+           num_key_value_heads=2, head_dim=10, num_hidden_layers=3, rms_norm_eps=1e-5,
+           rope_theta=500.0)
+CONFIGS = {
+    "odd": ODD,
+    "tied_llama3_rope": dict(ODD, tie_word_embeddings=True, num_key_value_heads=3,
+                             rope_theta=5000.0, rope_scaling={
+                                 "rope_type": "llama3", "factor": 8.0,
+                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 16}),
+    "multi_head": dict(ODD, num_key_value_heads=6, head_dim=None),
+}
+
+
+def hf_model(name: str) -> LlamaForCausalLM:
+    torch.manual_seed(len(name))
+    settings = {k: v for k, v in CONFIGS[name].items() if v is not None}
+    model = LlamaForCausalLM(HFLlamaConfig(**settings, initializer_range=0.2,
+                                           attn_implementation="eager"))
+    with torch.no_grad():  # norm scales away from 1, so that a missing one shows
+        for module_name, param in model.named_parameters():
+            if "norm" in module_name:
+                param.add_(torch.rand_like(param) - 0.5)
+    return model.eval()
+
+
+def converted(model: LlamaForCausalLM):
+    config = config_from_hf(model.config.to_dict())
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return config, params_from_hf(tensors, config)
+
+
+def hf_logits(model, tokens, attention_mask=None) -> np.ndarray:
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                    attention_mask=None if attention_mask is None else torch.tensor(
+                        attention_mask))
+    return out.logits.numpy()
+
+
+def ours(config, params, tokens, **kwargs) -> np.ndarray:
+    kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
+    return np.asarray(Llama(config).apply({"params": params}, jnp.asarray(tokens), **kwargs))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_logits_match_hf_llama_with_padding(name):
+    model = hf_model(name)
+    config, params = converted(model)
+    vocab = CONFIGS[name]["vocab_size"]
+    tokens = np.random.default_rng(0).integers(1, vocab, (3, 23))
+    lengths = [23, 17, 9]  # right padding: each row's own length
+    mask = (np.arange(23)[None] < np.array(lengths)[:, None]).astype(np.int64)
+    tokens = tokens * mask
+    theirs = hf_logits(model, tokens, mask)
+    mine = ours(config, params, tokens, segment_ids=mask.astype(np.int32))
+    assert mine.shape == theirs.shape == (3, 23, vocab)
+    valid = mask.astype(bool)
+    assert np.abs(mine[valid] - theirs[valid]).max() < 1e-4
+    assert np.abs(theirs[valid]).max() > 1.0  # not a comparison of near-zeros
+
+
+def test_packed_rows_equal_each_sequence_alone():
+    """Two examples packed in a row (segment ids, positions reset) give the logits HF gives
+    each example on its own."""
+    model = hf_model("odd")
+    config, params = converted(model)
+    rng = np.random.default_rng(1)
+    first, second = rng.integers(1, 301, (1, 11)), rng.integers(1, 301, (1, 8))
+    packed = np.concatenate([first, second, np.zeros((1, 5), np.int64)], axis=1)
+    segments = np.array([[1] * 11 + [2] * 8 + [0] * 5], np.int32)
+    positions = np.array([list(range(11)) + list(range(8)) + [0] * 5], np.int32)
+    mine = ours(config, params, packed, segment_ids=segments, positions=positions)
+    np.testing.assert_allclose(mine[0, :11], hf_logits(model, first)[0], atol=1e-4)
+    np.testing.assert_allclose(mine[0, 11:19], hf_logits(model, second)[0], atol=1e-4)
+
+
+def test_scanned_layers_give_the_same_logits():
+    model = hf_model("odd")
+    config, params = converted(model)
+    stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    stacked["layers"] = jax.tree.map(lambda *xs: np.stack(xs),
+                                     *[params[f"layers_{i}"] for i in range(3)])
+    tokens = np.random.default_rng(2).integers(1, 301, (2, 7))
+    np.testing.assert_allclose(ours(config.replace(scan_layers=True), stacked, tokens),
+                               ours(config, params, tokens), atol=1e-5)
+
+
+def test_configs_that_cannot_be_built_are_named():
+    with pytest.raises(SettingError, match="num_kv_heads=4 must divide num_heads=6"):
+        LlamaConfig(vocab_size=8, emb_dim=8, num_heads=6, num_kv_heads=4, head_dim=4,
+                    mlp_dim=8, num_layers=1)
+    with pytest.raises(CheckpointError, match="model_type 'bloom', not 'llama'"):
+        config_from_hf({"model_type": "bloom"})
+    with pytest.raises(CheckpointError, match="rope_scaling of type 'yarn'"):
+        config_from_hf({**hf_model("odd").config.to_dict(),
+                        "rope_parameters": {"rope_type": "yarn", "factor": 2.0}})
+
+
+def test_configs_written_before_transformers_5_read_the_same():
+    """Hub checkpoints of Llama 2/3 keep rope_theta and rope_scaling at the top level."""
+    new = hf_model("tied_llama3_rope").config.to_dict()
+    old = {k: v for k, v in new.items() if k != "rope_parameters"}
+    old["rope_theta"] = new["rope_parameters"]["rope_theta"]
+    old["rope_scaling"] = {k: v for k, v in new["rope_parameters"].items() if k != "rope_theta"}
+    assert config_from_hf(old) == config_from_hf(new)
+    assert config_from_hf(new).rope_theta == 5000.0 and config_from_hf(new).rope_scaling
