@@ -1,7 +1,6 @@
 """mtf's LLaMA network against Hugging Face's `LlamaForCausalLM` (an independent
 implementation, torch on the CPU), on random weights in float32, on odd shapes."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from mtf.convert.errors import CheckpointError
 from mtf.convert.hf_llama import config_from_hf, params_from_hf
 from mtf.errors import SettingError
 from mtf.model.llama import Llama, LlamaConfig
+from mtf.model.params import scan_params
 
 # 6 query heads over 2 key/value heads, a head size (10) that is neither 64 nor
 # hidden / heads, a vocabulary that is not a multiple of 128
@@ -96,9 +96,8 @@ def test_packed_rows_equal_each_sequence_alone():
 def test_scanned_layers_give_the_same_logits():
     model = hf_model("odd")
     config, params = converted(model)
-    stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    stacked["layers"] = jax.tree.map(lambda *xs: np.stack(xs),
-                                     *[params[f"layers_{i}"] for i in range(3)])
+    stacked = scan_params(params, config)
+    assert set(stacked["decoder"]) == {"layers", "final_norm"}
     tokens = np.random.default_rng(2).integers(1, 301, (2, 7))
     np.testing.assert_allclose(ours(config.replace(scan_layers=True), stacked, tokens),
                                ours(config, params, tokens), atol=1e-5)
@@ -123,3 +122,50 @@ def test_configs_written_before_transformers_5_read_the_same():
     old["rope_scaling"] = {k: v for k, v in new["rope_parameters"].items() if k != "rope_theta"}
     assert config_from_hf(old) == config_from_hf(new)
     assert config_from_hf(new).rope_theta == 5000.0 and config_from_hf(new).rope_scaling
+
+
+def test_the_train_step_loss_is_hf_s_loss_on_the_response():
+    """The shared train step (through the decoder-only family) gives HF's causal-LM loss
+    with the prompt masked (labels -100), for any microbatch and chunk count."""
+    from mtf import losses
+    from mtf.model.family import family_of
+    from mtf.step import LossConfig, gradients
+
+    model = hf_model("odd")
+    config, params = converted(model)
+    rng = np.random.default_rng(3)
+    sequences = rng.integers(1, 301, (4, 15))
+    prompt = [4, 9, 2, 6]  # response from here on, each row its own prompt length
+    labels = sequences.copy()
+    for row, n in enumerate(prompt):
+        labels[row, :n + 1] = -100  # HF shifts: label t is predicted from position t - 1
+    with torch.no_grad():
+        expected = float(model(input_ids=torch.tensor(sequences),
+                                labels=torch.tensor(labels)).loss)
+    weights = (labels[:, 1:] != -100).astype(np.int32)
+    batch = {"decoder_input_tokens": sequences[:, :-1], "decoder_target_tokens": sequences[:, 1:],
+             "decoder_loss_weights": weights}
+    batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+    family = family_of(config)
+    for microbatches, chunks in ((1, 1), (2, 3), (4, 2)):
+        loss = LossConfig(normalizing_factor=losses.TOKENS, z_loss=0.0, chunks=chunks)
+        value, grads, stats = gradients(params, batch, None, family, loss, microbatches)
+        assert float(value) == pytest.approx(expected, rel=1e-5), (microbatches, chunks)
+        assert float(stats["tokens"]) == weights.sum()
+    assert set(grads["decoder"]) == {f"layers_{i}" for i in range(3)} | {"final_norm"}
+
+
+def test_initialised_parameters_have_the_converted_shapes_and_logical_axes():
+    import jax
+
+    from mtf.model.params import abstract_params, init_params, logical_axes
+
+    config, params = converted(hf_model("odd"))
+    shapes = jax.tree.map(lambda x: x.shape, params)
+    assert jax.tree.map(lambda x: x.shape, abstract_params(config)) == shapes
+    fresh = init_params(config, jax.random.key(0))
+    assert jax.tree.map(lambda x: x.shape, fresh) == shapes
+    axes = logical_axes(config)
+    assert tuple(axes["decoder"]["layers_0"]["attention"]["key"]["kernel"]) == (
+        "embed", "joined_kv")
+    assert tuple(axes["logits_kernel"]) == ("embed", "vocab")

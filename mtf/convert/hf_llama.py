@@ -73,8 +73,9 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Pa
         value = np.asarray(tensors[name], np.float32)
         return value.T if transpose else value
 
+    stack: Params = {"final_norm": {"scale": take("model.norm.weight", False)}}
     params: Params = {"token_embedder": {"embedding": take("model.embed_tokens.weight", False)},
-                      "final_norm": {"scale": take("model.norm.weight", False)}}
+                      "decoder": stack}
     for i in range(config.num_layers):
         layer: Params = {}
         for path, hf_name in _LAYER_NAMES.items():
@@ -82,7 +83,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Pa
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = take(f"model.layers.{i}.{hf_name}", path[-1] == "kernel")
-        params[f"layers_{i}"] = layer
+        stack[f"layers_{i}"] = layer
     if not config.tie_word_embeddings:
         params["logits_kernel"] = take("lm_head.weight", True)
     return params

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from mtf.model.config import T5Config
-from mtf.model.features import BatchSpec
+from mtf.model.features import DECODER_ONLY, BatchSpec
+from mtf.model.llama import Llama, LlamaConfig
 from mtf.model.network import Transformer, output_projection
 
 # (cache, tokens [rows, 1]) -> (float32 logits of the next token [rows, vocab], cache)
@@ -142,8 +143,48 @@ class EncoderDecoder:
         return jax.tree_util.tree_map_with_path(take, cache)
 
 
-def family_of(config: T5Config) -> ModelFamily:
+@dataclasses.dataclass(frozen=True)
+class DecoderOnly:
+    """LLaMA (`mtf.model.llama`): prompt and response in one causal sequence, packed
+    examples kept apart by segment ids (0: padding) with positions reset per example.
+    Training only so far: scoring and decoding on the key/value cache are to come."""
+
+    config: LlamaConfig
+
+    @property
+    def batch_spec(self) -> BatchSpec:
+        return DECODER_ONLY
+
+    @property
+    def layer_stacks(self) -> dict[str, int]:
+        return {"decoder": self.config.num_layers}
+
+    def boxed_params(self, rng: jax.Array) -> Any:
+        return Llama(self.config).init(rng, jnp.ones((1, 1), jnp.int32))["params"]
+
+    def hidden_states(self, params: Any, batch: dict[str, jax.Array],
+                      dropout_rng: jax.Array | None) -> jax.Array:
+        """The final normed states [batch, length, emb] predicting each target token; an
+        unpacked batch's padding (target 0) is its own segment 0."""
+        spec = self.batch_spec
+        targets = batch[spec.targets]
+        segments = batch.get(spec.target_segments, (targets > 0).astype(jnp.int32))
+        return Llama(self.config).apply(
+            {"params": params}, batch["decoder_input_tokens"], segments,
+            batch.get("decoder_positions"), return_hidden=True)
+
+    def output_projection(self, params: Any) -> tuple[jax.Array, str, float]:
+        """The output embedding (or the token embedding, tied), unscaled, in the activation
+        dtype (as HF's lm_head)."""
+        if self.config.tie_word_embeddings:
+            return params["token_embedder"]["embedding"].T, self.config.dtype, 1.0
+        return params["logits_kernel"], self.config.dtype, 1.0
+
+
+def family_of(config: T5Config | LlamaConfig) -> ModelFamily:
     """The family whose network `config` describes."""
     if isinstance(config, T5Config):
         return EncoderDecoder(config)
+    if isinstance(config, LlamaConfig):
+        return DecoderOnly(config)
     raise TypeError(f"no model family for {type(config).__name__}")

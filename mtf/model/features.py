@@ -28,6 +28,7 @@ class BatchSpec:
     language: str
     task: str
     encoder: tuple[str, ...] = ()
+    concatenated: bool = False
 
     @property
     def model_inputs(self) -> tuple[str, ...]:
@@ -44,6 +45,8 @@ class BatchSpec:
 
     def length(self, feature: str, lengths: Mapping[str, int]) -> int:
         """A feature's length from TASK_FEATURE_LENGTHS ({'inputs': .., 'targets': ..})."""
+        if self.concatenated:
+            return lengths["inputs"] + lengths["targets"]
         return lengths["inputs"] if feature in self.encoder else lengths["targets"]
 
 
@@ -57,4 +60,16 @@ ENCODER_DECODER = BatchSpec(
     language="decoder_language",
     task="decoder_task",
     encoder=("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"),
+)
+
+# T5X's DecoderOnlyModel names: one sequence, the prompt's targets weighted 0 by default
+DECODER_ONLY = BatchSpec(
+    tokens=("decoder_input_tokens", "decoder_target_tokens"),
+    packing=("decoder_segment_ids", "decoder_positions"),
+    targets="decoder_target_tokens",
+    loss_weights="decoder_loss_weights",
+    target_segments="decoder_segment_ids",
+    language="decoder_language",
+    task="decoder_task",
+    concatenated=True,
 )

@@ -185,6 +185,19 @@ class LlamaLayer(nn.Module):
         return (x, None) if cfg.scan_layers else x
 
 
+class Stack(nn.Module):
+    """The layers (`layers_N`, or one scanned `layers`) and the final norm."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, bias: Array) -> Array:
+        cfg = self.config
+        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {}, (positions, bias))
+        return RMSNorm(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype,
+                       name="final_norm")(x)
+
+
 class Llama(nn.Module):
     """`apply({'params': p}, tokens, segment_ids=None, positions=None)` -> logits [batch,
     length, vocab] (or, with `return_hidden`, the final normed states the logits project
@@ -203,10 +216,8 @@ class Llama(nn.Module):
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype,
                          embedding_init=nn.initializers.normal(stddev=0.02),
                          name="token_embedder")
-        x = embedder(tokens)
-        bias = causal_segment_bias(segment_ids, dtype)
-        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {}, (positions, bias))
-        x = RMSNorm(epsilon=cfg.rms_norm_eps, dtype=dtype, name="final_norm")(x)
+        x = Stack(cfg, name="decoder")(embedder(tokens), positions,
+                                       causal_segment_bias(segment_ids, dtype))
         if return_hidden:
             return x
         if cfg.tie_word_embeddings:
