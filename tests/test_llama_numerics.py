@@ -169,3 +169,35 @@ def test_initialised_parameters_have_the_converted_shapes_and_logical_axes():
     assert tuple(axes["decoder"]["layers_0"]["attention"]["key"]["kernel"]) == (
         "embed", "joined_kv")
     assert tuple(axes["logits_kernel"]) == ("embed", "vocab")
+
+
+def test_rank_classification_scores_are_hf_log_likelihoods():
+    """`scoring.score_rows` through the decoder-only family: each choice's summed
+    log-probability after its prompt, as HF computes it on prompt + choice alone."""
+    from mtf.eval import scoring
+
+    model = hf_model("tied_llama3_rope")
+    config, params = converted(model)
+    rng = np.random.default_rng(4)
+    prompt_lengths, choices = [5, 9], [[3, 1], [2, 4, 1]]  # per prompt: each choice's length
+    prompts = np.zeros((2, 12), np.int32)
+    texts = [rng.integers(1, 301, n) for n in prompt_lengths]
+    for i, text in enumerate(texts):
+        prompts[i, :len(text)] = text
+    row_example, targets, expected = [], np.zeros((5, 6), np.int32), []
+    for i, lengths in enumerate(choices):
+        for n in lengths:
+            choice = rng.integers(1, 301, n)
+            targets[len(row_example), :n] = choice
+            row_example.append(i)
+            sequence = np.concatenate([texts[i], choice])
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor(sequence[None])).logits[0]
+            log_probs = torch.log_softmax(logits, -1).numpy()
+            expected.append(sum(log_probs[len(texts[i]) - 1 + j, t]
+                                for j, t in enumerate(choice)))
+    sums, counts = scoring.score_rows(params, jnp.asarray(prompts),
+                                      jnp.asarray(row_example, jnp.int32),
+                                      jnp.asarray(targets), config=config, chunks=2)
+    np.testing.assert_allclose(np.asarray(sums), expected, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(counts), [3, 1, 2, 4, 1])

@@ -147,7 +147,7 @@ class EncoderDecoder:
 class DecoderOnly:
     """LLaMA (`mtf.model.llama`): prompt and response in one causal sequence, packed
     examples kept apart by segment ids (0: padding) with positions reset per example.
-    Training only so far: scoring and decoding on the key/value cache are to come."""
+    Training and rank classification so far; decoding on a key/value cache is to come."""
 
     config: LlamaConfig
 
@@ -172,6 +172,25 @@ class DecoderOnly:
         return Llama(self.config).apply(
             {"params": params}, batch["decoder_input_tokens"], segments,
             batch.get("decoder_positions"), return_hidden=True)
+
+    def choice_hidden_states(self, params: Any, prompts: jax.Array, row_prompt: jax.Array,
+                             row_targets: jax.Array) -> jax.Array:
+        """States [rows, length, emb] predicting each row's targets after its prompt: the
+        right-padded prompt and the targets side by side, the pads between them left out by
+        segment 0 and the positions counting real tokens only, so every row is exactly
+        prompt + targets; the first target is predicted from the prompt's last token."""
+        rows_prompt = prompts[row_prompt]
+        prompt_width = rows_prompt.shape[1]
+        tokens = jnp.concatenate([rows_prompt, row_targets], axis=1)
+        real = tokens > 0
+        positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+        hidden = Llama(self.config).apply(
+            {"params": params}, tokens, real.astype(jnp.int32), positions, return_hidden=True)
+        prompt_length = jnp.sum(rows_prompt > 0, axis=1)
+        step = jnp.arange(row_targets.shape[1])
+        source = jnp.where(step[None] == 0, prompt_length[:, None] - 1,
+                           prompt_width + step[None] - 1)
+        return jnp.take_along_axis(hidden, jnp.maximum(source, 0)[:, :, None], axis=1)
 
     def output_projection(self, params: Any) -> tuple[jax.Array, str, float]:
         """The output embedding (or the token embedding, tied), unscaled, in the activation
