@@ -1,6 +1,7 @@
 """mtf's LLaMA network against Hugging Face's `LlamaForCausalLM` (an independent
 implementation, torch on the CPU), on random weights in float32, on odd shapes."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -201,3 +202,40 @@ def test_rank_classification_scores_are_hf_log_likelihoods():
                                       jnp.asarray(targets), config=config, chunks=2)
     np.testing.assert_allclose(np.asarray(sums), expected, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(counts), [3, 1, 2, 4, 1])
+
+
+def test_greedy_decoding_on_the_cache_equals_hf_generate_and_beams_score_truly():
+    """Greedy tokens from prompts of different lengths (right-padded in one batch) equal
+    HF `generate`'s for each prompt alone (T5's conventions, which eval.decoding still
+    uses: EOS 1, pad 0 never emitted); beam search's log-likelihoods are HF's for the
+    sequences it returns (its reordered cache is right)."""
+    from mtf.eval import decoding
+
+    model = hf_model("odd")
+    config, params = converted(model)
+    rng = np.random.default_rng(5)
+    texts = [rng.integers(2, 301, n) for n in (7, 3, 11)]
+    prompts = np.zeros((3, 11), np.int32)
+    for i, text in enumerate(texts):
+        prompts[i, :len(text)] = text
+    greedy = decoding.decode_batch(params, jnp.asarray(prompts), jax.random.key(0),
+                                   config=config,
+                                   decode=decoding.DecodeConfig(max_decode_length=6))[0]
+    beams, _, lls = decoding.decode_batch(params, jnp.asarray(prompts), jax.random.key(0),
+                                          config=config, decode=decoding.DecodeConfig(
+                                              max_decode_length=5, beam_size=3))
+    for i, text in enumerate(texts):
+        with torch.no_grad():
+            out = model.generate(torch.tensor(text[None]), max_new_tokens=6, do_sample=False,
+                                 eos_token_id=1, pad_token_id=0, bad_words_ids=[[0]])
+        theirs = decoding.until_eos(out[0, len(text):].numpy())
+        assert decoding.until_eos(np.asarray(greedy[i, 0])) == theirs, i
+        for beam, ll in zip(np.asarray(beams[i]), np.asarray(lls[i]), strict=True):
+            generated = decoding.until_eos(beam)
+            generated += [1] if len(generated) < 5 else []
+            sequence = np.concatenate([text, generated])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(torch.tensor(sequence[None])).logits[0], -1)
+            expected = sum(float(log_probs[len(text) - 1 + j, t])
+                           for j, t in enumerate(generated))
+            assert ll == pytest.approx(expected, abs=1e-3), (i, generated)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from mtf.model.config import T5Config
 from mtf.model.features import DECODER_ONLY, BatchSpec
+from mtf.model.layers import NEG_INF
 from mtf.model.llama import Llama, LlamaConfig
 from mtf.model.network import Transformer, output_projection
 
@@ -147,7 +148,8 @@ class EncoderDecoder:
 class DecoderOnly:
     """LLaMA (`mtf.model.llama`): prompt and response in one causal sequence, packed
     examples kept apart by segment ids (0: padding) with positions reset per example.
-    Training and rank classification so far; decoding on a key/value cache is to come."""
+    The decoding conventions (start, EOS and pad ids) are still T5's, set in
+    `eval.decoding`; a LLaMA tokenizer's are to come with its vocabulary."""
 
     config: LlamaConfig
 
@@ -191,6 +193,61 @@ class DecoderOnly:
         source = jnp.where(step[None] == 0, prompt_length[:, None] - 1,
                            prompt_width + step[None] - 1)
         return jnp.take_along_axis(hidden, jnp.maximum(source, 0)[:, :, None], axis=1)
+
+    def start_decoding(self, params: Any, prompts: jax.Array, rows_per_prompt: int,
+                       length: int) -> tuple[jax.Array, Any, DecodeStep]:
+        """(logits of the first new token, the cache, the step). The right-padded prompts
+        fill the first slots of a key/value cache (their pads never attended to); new
+        tokens go to the slots after them, at positions counting on from each prompt's
+        length. The cache carries which slots are filled and how many tokens were added."""
+        if rows_per_prompt > 1:
+            prompts = jnp.repeat(prompts, rows_per_prompt, axis=0)
+        rows, width = prompts.shape
+        total = width + length
+        model = Llama(self.config, cache_length=total)
+        real = prompts > 0
+        prompt_length = jnp.sum(real, axis=1)
+        filled = jnp.zeros((rows, total), bool).at[:, :width].set(real)
+        causal = jnp.arange(total)[None, :] <= jnp.arange(width)[:, None]
+        bias = jnp.where(causal[None] & filled[:, None, :], 0.0, NEG_INF)[:, None]
+        positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+        shapes = jax.eval_shape(lambda: model.init(
+            jax.random.key(0), jnp.ones(prompts.shape, jnp.int32), attention_bias=bias,
+            positions=positions, cache_start=0))
+        empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+        logits, variables = model.apply(
+            {"params": params, "cache": empty}, prompts, positions=positions,
+            cache_start=0, attention_bias=bias.astype(self.config.activation_dtype),
+            mutable=["cache"])
+        first = jnp.take_along_axis(logits, jnp.maximum(prompt_length - 1, 0)[:, None, None],
+                                    axis=1)[:, 0]
+        cache = {"kv": variables["cache"], "filled": filled, "added": jnp.int32(0),
+                 "prompt_length": prompt_length}
+
+        def step(cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
+            slot = width + cache["added"]
+            filled = cache["filled"].at[:, slot].set(True)
+            bias = jnp.where(filled, 0.0, NEG_INF)[:, None, None, :]
+            logits, variables = model.apply(
+                {"params": params, "cache": cache["kv"]}, tokens,
+                positions=(cache["prompt_length"] + cache["added"])[:, None],
+                cache_start=slot, attention_bias=bias.astype(self.config.activation_dtype),
+                mutable=["cache"])
+            return logits[:, -1, :].astype(jnp.float32), dict(
+                cache, kv=variables["cache"], filled=filled, added=cache["added"] + 1)
+
+        return first.astype(jnp.float32), cache, step
+
+    def reorder_cache(self, cache: Any, rows: jax.Array) -> Any:
+        """Row i of the cache taken from row `rows[i]` (keys and values, filled slots, the
+        prompt's length); the count of added tokens is the same for every row."""
+
+        def take(x):  # [layers,] batch, slots, kv heads, head_dim
+            return jnp.take(x, rows, axis=x.ndim - 4)
+
+        return dict(cache, kv=jax.tree.map(take, cache["kv"]),
+                    filled=jnp.take(cache["filled"], rows, axis=0),
+                    prompt_length=jnp.take(cache["prompt_length"], rows, axis=0))
 
     def output_projection(self, params: Any) -> tuple[jax.Array, str, float]:
         """The output embedding (or the token embedding, tied), unscaled, in the activation

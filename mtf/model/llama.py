@@ -127,10 +127,15 @@ def causal_segment_bias(segment_ids: Array, dtype: jnp.dtype) -> Array:
 
 
 class Attention(nn.Module):
+    """Grouped-query attention; with `cache_length`, keys and values are also written to
+    a cache of that length at `cache_start` and the queries attend to the whole cache."""
+
     config: LlamaConfig
+    cache_length: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, bias: Array,
+                 cache_start: Array | None = None) -> Array:
         cfg, dtype = self.config, self.config.activation_dtype
         groups = cfg.num_heads // cfg.num_kv_heads
 
@@ -143,6 +148,15 @@ class Attention(nn.Module):
         key = apply_rope(project("key", cfg.num_kv_heads), positions, inv_freq)
         value = project("value", cfg.num_kv_heads)
         batch, length = x.shape[:2]
+        if self.cache_length is not None:
+            shape = (batch, self.cache_length, cfg.num_kv_heads, cfg.head_dim)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
+                                         value.dtype)
+            at = (0, cache_start, 0, 0)
+            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, at)
+            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
+            key, value = cached_key.value, cached_value.value
         query = query.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", query.astype(jnp.float32),
                             key.astype(jnp.float32)) / math.sqrt(cfg.head_dim)
@@ -172,13 +186,14 @@ class Mlp(nn.Module):
 
 class LlamaLayer(nn.Module):
     config: LlamaConfig
+    cache_length: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array):
+    def __call__(self, x: Array, positions: Array, bias: Array, cache_start: Array | None):
         cfg = self.config
         norm = dict(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype)
-        h = Attention(cfg, name="attention")(
-            RMSNorm(**norm, name="pre_attention_layer_norm")(x), positions, bias)
+        h = Attention(cfg, self.cache_length, name="attention")(
+            RMSNorm(**norm, name="pre_attention_layer_norm")(x), positions, bias, cache_start)
         x = constrain(x + h, EMBED_AXES)
         h = Mlp(cfg, name="mlp")(RMSNorm(**norm, name="pre_mlp_layer_norm")(x))
         x = constrain(x + h, EMBED_AXES)
@@ -189,11 +204,14 @@ class Stack(nn.Module):
     """The layers (`layers_N`, or one scanned `layers`) and the final norm."""
 
     config: LlamaConfig
+    cache_length: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, bias: Array,
+                 cache_start: Array | None = None) -> Array:
         cfg = self.config
-        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {}, (positions, bias))
+        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {"cache_length": self.cache_length},
+                       (positions, bias, cache_start))
         return RMSNorm(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype,
                        name="final_norm")(x)
 
@@ -201,13 +219,20 @@ class Stack(nn.Module):
 class Llama(nn.Module):
     """`apply({'params': p}, tokens, segment_ids=None, positions=None)` -> logits [batch,
     length, vocab] (or, with `return_hidden`, the final normed states the logits project
-    from). Without segment ids every position is one sequence; with them, 0 is padding."""
+    from). Without segment ids every position is one sequence; with them, 0 is padding.
+
+    Decoding: with `cache_length`, keys and values go to a 'cache' collection at
+    `cache_start`, and `attention_bias` [batch, 1, length, cache_length] says which cache
+    slots each query sees (the caller tracks which are filled)."""
 
     config: LlamaConfig
+    cache_length: int | None = None
 
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None,
-                 positions: Array | None = None, return_hidden: bool = False) -> Array:
+                 positions: Array | None = None, return_hidden: bool = False,
+                 cache_start: Array | None = None,
+                 attention_bias: Array | None = None) -> Array:
         cfg, dtype = self.config, self.config.activation_dtype
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
@@ -216,8 +241,10 @@ class Llama(nn.Module):
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype,
                          embedding_init=nn.initializers.normal(stddev=0.02),
                          name="token_embedder")
-        x = Stack(cfg, name="decoder")(embedder(tokens), positions,
-                                       causal_segment_bias(segment_ids, dtype))
+        bias = (causal_segment_bias(segment_ids, dtype) if attention_bias is None
+                else attention_bias)
+        x = Stack(cfg, self.cache_length, name="decoder")(embedder(tokens), positions, bias,
+                                                          cache_start)
         if return_hidden:
             return x
         if cfg.tie_word_embeddings:
