@@ -1,6 +1,8 @@
 """mtf's LLaMA network against Hugging Face's `LlamaForCausalLM` (an independent
 implementation, torch on the CPU), on random weights in float32, on odd shapes."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,3 +241,36 @@ def test_greedy_decoding_on_the_cache_equals_hf_generate_and_beams_score_truly()
             expected = sum(float(log_probs[len(text) - 1 + j, t])
                            for j, t in enumerate(generated))
             assert ll == pytest.approx(expected, abs=1e-3), (i, generated)
+
+
+@pytest.mark.parametrize("name", ["odd", "tied_llama3_rope"])
+def test_hf_folders_load_and_export_exactly(tmp_path, name):
+    """A sharded safetensors folder from save_pretrained loads to the same tree; the tree
+    exported back to HF's names gives a model with the same logits."""
+    from mtf.convert.hf_llama import load_hf_llama, params_to_hf
+
+    model = hf_model(name)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    config, params = load_hf_llama(tmp_path)
+    expected_config, expected = converted(model)
+    assert config == expected_config
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    again = LlamaForCausalLM(model.config).eval()
+    exported = {k: torch.from_numpy(v) for k, v in params_to_hf(params, config).items()}
+    again.load_state_dict(exported, strict=not config.tie_word_embeddings)
+    if config.tie_word_embeddings:
+        again.tie_weights()
+    tokens = np.random.default_rng(6).integers(1, 301, (2, 9))
+    np.testing.assert_array_equal(hf_logits(again, tokens), hf_logits(model, tokens))
+
+
+def test_a_folder_that_does_not_fit_its_config_is_named(tmp_path):
+    from mtf.convert.hf_llama import load_hf_llama
+
+    model = hf_model("odd")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
+    with pytest.raises(CheckpointError, match="mlp.gate_proj.weight"):
+        load_hf_llama(tmp_path)

@@ -133,7 +133,7 @@ def config_to_hf(config: T5Config) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- reading
 
 
-class _TensorSource:
+class TensorSource:
     """Names and shapes of every tensor in a HF directory, each read only when asked."""
 
     def __init__(self, path: Path):
@@ -224,7 +224,7 @@ def load_hf(path: str | os.PathLike) -> tuple[T5Config, Params]:
         raise CheckpointError(f"{config_file} not found: load_hf needs a Hugging Face model "
                               "directory (config.json + weights), e.g. from save_pretrained")
     config = config_from_hf(json.loads(config_file.read_text()))
-    source = _TensorSource(path)
+    source = TensorSource(path)
     table = name_map(config)
     if (not config.logits_via_embedding and "lm_head.weight" not in source.shapes
             and "shared.weight" in source.shapes):

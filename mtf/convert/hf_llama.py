@@ -7,18 +7,24 @@ mapping is a table (`_LAYER_NAMES`) read in both directions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
-from mtf.convert.errors import CheckpointError
+from mtf.convert.errors import CheckpointError, check_names_and_shapes
+from mtf.convert.hf import TensorSource
 from mtf.model.llama import LlamaConfig, RopeScaling
+from mtf.model.params import flat_shapes
 
 Params = dict[str, Any]
 
-# mtf's path inside `layers_N` -> HF's name inside `model.layers.N` (weights transposed,
-# except the norm scales)
+# mtf's path inside `decoder/layers_N` -> HF's name inside `model.layers.N` (weights
+# transposed, except the norm scales)
 _LAYER_NAMES = {
     ("pre_attention_layer_norm", "scale"): "input_layernorm.weight",
     ("attention", "query", "kernel"): "self_attn.q_proj.weight",
@@ -73,17 +79,63 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Pa
         value = np.asarray(tensors[name], np.float32)
         return value.T if transpose else value
 
-    stack: Params = {"final_norm": {"scale": take("model.norm.weight", False)}}
-    params: Params = {"token_embedder": {"embedding": take("model.embed_tokens.weight", False)},
-                      "decoder": stack}
+    flat = {tuple(mtf.split("/")): take(hf, transposed)
+            for mtf, hf, transposed in _hf_names(config)}
+    return traverse_util.unflatten_dict(flat)
+
+
+def _hf_names(config: LlamaConfig) -> Iterator[tuple[str, str, bool]]:
+    """(mtf path, HF name, transposed) for every tensor of `config`'s unscanned tree."""
+    yield "token_embedder/embedding", "model.embed_tokens.weight", False
+    yield "decoder/final_norm/scale", "model.norm.weight", False
     for i in range(config.num_layers):
-        layer: Params = {}
         for path, hf_name in _LAYER_NAMES.items():
-            node = layer
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = take(f"model.layers.{i}.{hf_name}", path[-1] == "kernel")
-        stack[f"layers_{i}"] = layer
+            yield (f"decoder/layers_{i}/{'/'.join(path)}", f"model.layers.{i}.{hf_name}",
+                   path[-1] == "kernel")
     if not config.tie_word_embeddings:
-        params["logits_kernel"] = take("lm_head.weight", True)
-    return params
+        yield "logits_kernel", "lm_head.weight", True
+
+
+class _Tensors(Mapping):
+    """A HF directory's tensors by name, each read when asked (one at a time)."""
+
+    def __init__(self, source: TensorSource) -> None:
+        self.source = source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.source.read(name)
+
+    def __iter__(self):
+        return iter(self.source.shapes)
+
+    def __len__(self) -> int:
+        return len(self.source.shapes)
+
+
+def load_hf_llama(path: str | os.PathLike) -> tuple[LlamaConfig, Params]:
+    """A local HF LlamaForCausalLM directory (config.json and safetensors or PyTorch
+    weights, sharded or not) as (LlamaConfig, float32 params); names and shapes checked
+    against the config first, every problem in one error."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{config_file} not found: a Hugging Face model directory "
+                              "(config.json + weights) is needed")
+    config = config_from_hf(json.loads(config_file.read_text()))
+    source = TensorSource(path)
+    shapes = flat_shapes(config)
+    expected = {hf: shapes[mtf][::-1] if transposed else shapes[mtf]
+                for mtf, hf, transposed in _hf_names(config)}
+    check_names_and_shapes(source.shapes, expected, str(path),
+                           ignored=["lm_head.weight"] if config.tie_word_embeddings else [])
+    return config, params_from_hf(_Tensors(source), config)
+
+
+def params_to_hf(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
+    """HF's state dict (float32 numpy) from mtf's unscanned parameter tree."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    check_names_and_shapes({k: tuple(v.shape) for k, v in flat.items()}, flat_shapes(config),
+                           "the parameters given to params_to_hf")
+    return {hf: np.ascontiguousarray(np.asarray(flat[mtf], np.float32).T if transposed
+                                     else np.asarray(flat[mtf], np.float32))
+            for mtf, hf, transposed in _hf_names(config)}
