@@ -216,14 +216,19 @@ def _substitute(table: list[tuple[str, str, bool]], old: str, new: str
     return [(p, new if hf == old else hf, t) for p, hf, t in table]
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A HF model directory's config.json, or an error saying what the directory needs."""
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{config_file} not found: a Hugging Face model directory "
+                              "(config.json + weights, e.g. from save_pretrained) is needed")
+    return json.loads(config_file.read_text())
+
+
 def load_hf(path: str | os.PathLike) -> tuple[T5Config, Params]:
     """Reads a local HF MT5/T5 (gated-GeLU) directory into (T5Config, float32 params)."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{config_file} not found: load_hf needs a Hugging Face model "
-                              "directory (config.json + weights), e.g. from save_pretrained")
-    config = config_from_hf(json.loads(config_file.read_text()))
+    config = config_from_hf(read_config(path))
     source = TensorSource(path)
     table = name_map(config)
     if (not config.logits_via_embedding and "lm_head.weight" not in source.shapes

@@ -7,7 +7,6 @@ mapping is a table (`_LAYER_NAMES`) read in both directions.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.convert.hf import TensorSource
+from mtf.convert.hf import TensorSource, read_config
 from mtf.model.llama import LlamaConfig, RopeScaling
 from mtf.model.params import flat_shapes
 
@@ -117,11 +116,7 @@ def load_hf_llama(path: str | os.PathLike) -> tuple[LlamaConfig, Params]:
     weights, sharded or not) as (LlamaConfig, float32 params); names and shapes checked
     against the config first, every problem in one error."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{config_file} not found: a Hugging Face model directory "
-                              "(config.json + weights) is needed")
-    config = config_from_hf(json.loads(config_file.read_text()))
+    config = config_from_hf(read_config(path))
     source = TensorSource(path)
     shapes = flat_shapes(config)
     expected = {hf: shapes[mtf][::-1] if transposed else shapes[mtf]
