@@ -274,3 +274,36 @@ def test_a_folder_that_does_not_fit_its_config_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 64}))
     with pytest.raises(CheckpointError, match="mlp.gate_proj.weight"):
         load_hf_llama(tmp_path)
+
+
+def test_lora_on_llama_starts_as_the_base_trains_adapters_only_and_merges():
+    """Adapters beside every attention and MLP kernel (PEFT's q/k/v/o/gate/up/down): zero
+    B is the base exactly; the step differentiates the adapters alone, the same for any
+    microbatch count; merged kernels give the adapted logits."""
+    from mtf.model import LoraConfig, lora
+    from mtf.model.family import family_of
+    from mtf.model.params import init_params
+    from mtf.step import LossConfig, gradients
+
+    config, base = converted(hf_model("odd"))
+    adapted = config.replace(lora=LoraConfig(rank=4, alpha=8.0))
+    _, fresh = lora.split(init_params(adapted, jax.random.key(1)))
+    assert set(lora.targeted(adapted)) == {
+        f"decoder/layers_{i}/{m}/{k}/kernel" for i in range(3)
+        for m, k in [("attention", "query"), ("attention", "key"), ("attention", "value"),
+                     ("attention", "out"), ("mlp", "gate"), ("mlp", "up"), ("mlp", "down")]}
+    tokens = np.random.default_rng(7).integers(1, 301, (2, 9))
+    np.testing.assert_array_equal(ours(adapted, lora.join(base, fresh), tokens),
+                                  ours(config, base, tokens))
+    trained = jax.tree.map(lambda x: x + 0.05, fresh)  # B != 0
+    batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+             "decoder_loss_weights": np.ones((2, 8))}
+    batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+    family, loss = family_of(adapted), LossConfig(z_loss=0.0)
+    one = gradients(trained, batch, None, family, loss, 1, base)
+    two = gradients(trained, batch, None, family, loss, 2, base)
+    assert jax.tree.structure(one[1]) == jax.tree.structure(fresh)
+    np.testing.assert_allclose(float(two[0]), float(one[0]), rtol=1e-6)
+    merged = lora.merge(lora.join(base, trained), adapted)
+    np.testing.assert_allclose(ours(config, merged, tokens),
+                               ours(adapted, lora.join(base, trained), tokens), atol=1e-4)

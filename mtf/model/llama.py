@@ -82,6 +82,11 @@ class LlamaConfig:
     def activation_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
+    @property
+    def base(self) -> LlamaConfig:
+        """The network without adapters (the frozen base of a LoRA model)."""
+        return self.replace(lora=None)
+
     def replace(self, **changes: Any) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 

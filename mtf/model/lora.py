@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from mtf.errors import SettingError
 from mtf.model.config import T5Config
+from mtf.model.family import family_of
 from mtf.model.params import flat_shapes
 
 Params = dict[str, Any]
@@ -111,7 +112,7 @@ def unscan_adapters(adapters: Params) -> Params:
 def scan_adapters(adapters: Params, config: T5Config) -> Params:
     """Inverse of `unscan_adapters` (every layer of a stack must have the adapter: a scanned
     tree holds one for all)."""
-    layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+    layers = family_of(config).layer_stacks
     groups: dict[tuple[str, ...], dict[int, Any]] = {}
     for key, value in traverse_util.flatten_dict(adapters).items():
         index = int(key[1][len("layers_"):])
