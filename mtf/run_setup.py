@@ -6,8 +6,8 @@ plan and bench all call it, so what `mtf.plan` measures and `mtf.bench` times is
 gives train its starting state (the newest readable checkpoint, else
 INITIAL_CHECKPOINT_PATH, else random initialisation; a LoRA run's frozen base) and its
 data stream from a saved position. The eval and infer runs, which start from one
-checkpoint rather than a run config, build their mesh and placed parameters with
-`mesh` and `checkpoint_params`.
+checkpoint rather than a run config, load their placed parameters with
+`checkpoint_params`.
 """
 
 from __future__ import annotations
@@ -182,11 +182,6 @@ def setup(config: RunConfig, devices: Sequence[Any] | None = None) -> RunSetup:
                                   config.data.pack, config.loss, config.num_microbatches,
                                   schedule_fn, config.dropout_rng)
     return RunSetup(config, mesh, built, tx)
-
-
-def mesh(mesh_shape: Sequence[int]) -> Mesh:
-    """The eval and infer runs' mesh, over every device (as training's)."""
-    return partitioning.make_mesh(mesh_shape)
 
 
 def checkpoint_params(model_config: T5Config, checkpoint_path: str | None, mesh: Mesh,

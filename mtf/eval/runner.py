@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from mtf import run_setup, storage
+from mtf import partitioning, run_setup, storage
 from mtf.errors import SettingError
 from mtf.eval import evaluation, report
 from mtf.model import T5Config
@@ -45,7 +45,7 @@ def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: 
     EVAL_MIXTURE; writes MODEL_DIR/eval/<step_N>/results.*."""
     if not model_dir:
         raise SettingError("MODEL_DIR is empty: the report is written to MODEL_DIR/eval/")
-    mesh = run_setup.mesh(mesh_shape)
+    mesh = partitioning.make_mesh(mesh_shape)
     evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()  # a bad task or record fails before the checkpoint is read
     params, source, label = _load(model_config, checkpoint_path, mesh, adapter_path)
@@ -67,7 +67,7 @@ def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str
     if not model_dir and not output_file:
         raise SettingError("set MODEL_DIR (predictions go to MODEL_DIR/infer/) or "
                            "INFER_OUTPUT_FILE")
-    mesh = run_setup.mesh(mesh_shape)
+    mesh = partitioning.make_mesh(mesh_shape)
     evaluator = evaluation.Evaluator(model_config.base, mesh, eval_config)
     evaluator.examples()
     params, _, label = _load(model_config, checkpoint_path, mesh, adapter_path)

@@ -144,6 +144,12 @@ class EncoderDecoder:
         return jax.tree_util.tree_map_with_path(take, cache)
 
 
+def _real_positions(real: jax.Array) -> jax.Array:
+    """Each token's position counting only the real (non-pad) tokens before it, so pads
+    inside a row (a right-padded prompt before its continuation) take no position."""
+    return jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
     """LLaMA (`mtf.model.llama`): prompt and response in one causal sequence, packed
@@ -185,7 +191,7 @@ class DecoderOnly:
         prompt_width = rows_prompt.shape[1]
         tokens = jnp.concatenate([rows_prompt, row_targets], axis=1)
         real = tokens > 0
-        positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+        positions = _real_positions(real)
         hidden = Llama(self.config).apply(
             {"params": params}, tokens, real.astype(jnp.int32), positions, return_hidden=True)
         prompt_length = jnp.sum(rows_prompt > 0, axis=1)
@@ -210,7 +216,7 @@ class DecoderOnly:
         filled = jnp.zeros((rows, total), bool).at[:, :width].set(real)
         causal = jnp.arange(total)[None, :] <= jnp.arange(width)[:, None]
         bias = jnp.where(causal[None] & filled[:, None, :], 0.0, NEG_INF)[:, None]
-        positions = jnp.maximum(jnp.cumsum(real, axis=1) - 1, 0)
+        positions = _real_positions(real)
         shapes = jax.eval_shape(lambda: model.init(
             jax.random.key(0), jnp.ones(prompts.shape, jnp.int32), attention_bias=bias,
             positions=positions, cache_start=0))
