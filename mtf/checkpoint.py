@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run: the train state, the data position, the model config.
 
 `MODEL_DIR/checkpoints/<step>/` holds `state` (Orbax PyTree; params optionally stored in
-bfloat16), `data` (JSON: batches consumed, seed) and `config` (JSON: T5Config). Orbax
+bfloat16), `data` (JSON: batches consumed, seed) and `config` (JSON: ModelConfig). Orbax
 writes each step to a temporary directory and renames it when complete, so a half-written
 checkpoint is never picked up. Saves are asynchronous: training goes on while they write.
 Restoring into shardings of another mesh (or host count) reshards.
@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from mtf import storage
 from mtf.errors import CheckpointError, SettingError
-from mtf.model import T5Config, abstract_params
+from mtf.model import ModelConfig, abstract_params, config_from_json
 
 Params = dict[str, Any]
 
@@ -111,7 +111,7 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_position: DataPosition,
-             model_config: T5Config) -> None:
+             model_config: ModelConfig) -> None:
         with self._disk_errors(step):
             if step in self.manager.all_steps():
                 return
@@ -201,7 +201,7 @@ class Checkpoints:
         return saved == wanted
 
     def restore(self, step: int, abstract_state: Any, shardings: Any
-                ) -> tuple[Any, DataPosition, T5Config]:
+                ) -> tuple[Any, DataPosition, ModelConfig]:
         """(state placed on `shardings`, data position, saved config). Reshards as needed."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract_state, shardings)
@@ -219,7 +219,7 @@ class Checkpoints:
             raise UnreadableCheckpointError(
                 f"checkpoint {self.directory / str(step)} cannot be read ({type(e).__name__}: "
                 f"{reason}); a file of it is damaged or missing") from e
-        saved = T5Config.from_json(json.dumps(dict(restored["config"])))
+        saved = config_from_json(json.dumps(dict(restored["config"])))
         return restored["state"], DataPosition.from_json(dict(restored["data"])), saved
 
 
@@ -264,11 +264,11 @@ def step_vocabulary(step_dir: str | os.PathLike) -> str | None:
     return json.loads(data.read_text()).get("vocabulary")
 
 
-def train_step_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
+def train_step_params(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
     """(config, float32 params) of `MODEL_DIR/checkpoints/<step>`: the parameters alone, no
     optimizer state."""
     path = resolved_path(path)
-    config = T5Config.from_json(json.dumps(json.loads((path / "config" / "metadata")
+    config = config_from_json(json.dumps(json.loads((path / "config" / "metadata")
                                                       .read_text())))
     return config, restore_float32(path / "state", abstract_params(config), "params",
                                    "the parameters of this training step")

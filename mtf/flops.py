@@ -14,29 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from mtf import hardware
-from mtf.model import T5Config
+from mtf.model.family import ModelConfig, family_of
 
 
-def model_flops_per_step(config: T5Config, batch: int, inputs: int, targets: int) -> float:
-    """Training FLOPs (forward + backward) of one step at these shapes. With LoRA the frozen
-    base's weight gradients are not computed: its matmuls cost 4x their multiply-adds, not
-    6x (attention's activation-by-activation products keep both backward matmuls; the
-    adapters' own rank-r matmuls are left out, under 1% at rank 8)."""
-    emb, heads, hd, mlp = config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim
-    n_in = len(config.mlp_activations)
-    proj = 4 * emb * heads * hd                    # q, k, v, o
-    ffn = (n_in + 1) * emb * mlp                   # wi_* and wo
-    cross = 2 * emb * heads * hd                   # cross-attention q, o (per target token)
-    cross_kv = 2 * emb * heads * hd                # its k, v (per input token)
-    weights = batch * (inputs * (config.num_encoder_layers * (proj + ffn)
-                                 + config.num_decoder_layers * cross_kv)
-                       + targets * (config.num_decoder_layers * (proj + ffn + cross)
-                                    + emb * config.vocab_size))
-    attention = batch * (inputs * config.num_encoder_layers * 2 * inputs * heads * hd
-                         + targets * config.num_decoder_layers * 2 * (targets + inputs)
-                         * heads * hd)
-    weight_passes = 4.0 if config.lora is not None else 6.0
-    return weight_passes * weights + 6.0 * attention
+def model_flops_per_step(config: ModelConfig, batch: int, inputs: int, targets: int
+                         ) -> float:
+    """Training FLOPs (forward + backward) of one step at these shapes, as the model's
+    family counts them (`ModelFamily.model_flops_per_step`)."""
+    return family_of(config).model_flops_per_step(batch, inputs, targets)
 
 
 def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 5) -> float:

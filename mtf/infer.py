@@ -96,7 +96,8 @@ def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[l
 
     out, cut = [], 0
     for text in texts:
-        tokens, was_cut = cut_to_length(list(vocab.encode(text)) + [1], length)
+        tokens, was_cut = cut_to_length(list(vocab.encode(text)) + [vocab.eos_id], length,
+                                       vocab.eos_id)
         out.append(tokens)
         cut += was_cut
     if cut:
@@ -140,7 +141,8 @@ def generate(args: argparse.Namespace) -> int:
             enc[i, :len(p)] = p
         out = decoder(params, enc)
         for i in range(len(chunk)):
-            answers.append([vocab.decode(decoding.until_eos(t)) for t in out.tokens[i]])
+            answers.append([vocab.decode(decoding.until_eos(t, vocab.eos_id))
+                            for t in out.tokens[i]])
     for row, texts in zip(rows, answers, strict=True):
         print("\t".join(texts))
         row["prediction"] = texts[0] if len(texts) == 1 else texts

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf.errors import SettingError
-from mtf.model import T5Config, logical_axes
+from mtf.model import ModelConfig, logical_axes
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -123,12 +123,12 @@ def mesh_context(mesh: Mesh) -> Iterator[None]:
         yield
 
 
-def params_shardings(config: T5Config, mesh: Mesh) -> Any:
+def params_shardings(config: ModelConfig, mesh: Mesh) -> Any:
     """The parameters' shardings on `mesh` under the training rule table."""
     return logical_to_sharding(logical_axes(config), mesh)
 
 
-def place_params(params: Any, config: T5Config, mesh: Mesh) -> Any:
+def place_params(params: Any, config: ModelConfig, mesh: Mesh) -> Any:
     """Host parameters onto the mesh with the training shardings."""
     return place(params, params_shardings(config, mesh))
 

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning, state, step
 from mtf.errors import SettingError
-from mtf.model import BatchSpec, T5Config
+from mtf.model import BatchSpec, ModelConfig
 
 DROPOUT_RNGS = ("threefry2x32", "rbg")  # jax.random key implementations for the dropout key
 
@@ -62,7 +62,7 @@ class TrainProgram:
         return self.lower(rng).compile()
 
 
-def check_kernels_run_on(mesh: Mesh, model_config: T5Config, loss: step.LossConfig) -> None:
+def check_kernels_run_on(mesh: Mesh, model_config: ModelConfig, loss: step.LossConfig) -> None:
     """The Pallas TPU kernels (flash attention, the fused loss) compile for TPUs only: say
     so before tracing, not with a lowering error from inside Pallas."""
     platform = mesh.devices.flat[0].platform
@@ -89,7 +89,7 @@ def check_batch_splits(batch_size: int, batch_sharding: NamedSharding) -> None:
             f"choose a multiple of {ways}, or change MESH_SHAPE")
 
 
-def train_program(model_config: T5Config, optimizer: optax.GradientTransformation,
+def train_program(model_config: ModelConfig, optimizer: optax.GradientTransformation,
                   mesh: Mesh, batch_size: int, lengths: Mapping[str, int], pack: bool,
                   loss: step.LossConfig, num_microbatches: int = 1,
                   learning_rate: optax.Schedule | None = None,
@@ -116,7 +116,7 @@ def train_program(model_config: T5Config, optimizer: optax.GradientTransformatio
                         model_config.uses_dropout, dropout_rng)
 
 
-def eval_program(model_config: T5Config, mesh: Mesh, params_sharding: Any,
+def eval_program(model_config: ModelConfig, mesh: Mesh, params_sharding: Any,
                  loss: step.LossConfig, num_microbatches: int = 1) -> Any:
     """`step.eval_metrics` jitted with the train step's parameter and batch shardings."""
     check_kernels_run_on(mesh, model_config, loss)

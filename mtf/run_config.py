@@ -1,6 +1,7 @@
 """A training run's configuration, typed: what gin/runs/finetune.gin binds, checked once.
 
-`RunConfig` gathers the small frozen configs of each concern (the model's `T5Config`, the
+`RunConfig` gathers the small frozen configs of each concern (the model's `T5Config` or
+`LlamaConfig`, the
 data's `DataConfig`, the loss's `LossConfig`, `OptimizerConfig`, `CheckpointConfig`,
 `EvalConfig`) with the run's own settings. Train, plan and bench read the same object
 (`from_gin`), so what `mtf.plan` compiles is what `mtf.launch` would train. The gin macros
@@ -19,7 +20,7 @@ import seqio
 from mtf import checkpoint, optim, step
 from mtf.data import batches
 from mtf.errors import SettingError
-from mtf.model import T5Config
+from mtf.model import ModelConfig, family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ class RunConfig:
     """One training run: the model trained on `data` until step `train_steps` (the same
     target when it resumes) in MODEL_DIR, on a `mesh_shape` (data, fsdp, model) mesh."""
 
-    model_config: T5Config
+    model_config: ModelConfig
     model_dir: str
     train_steps: int
     batch_size: int
@@ -101,6 +102,11 @@ class RunConfig:
             raise SettingError(f"NUM_MICROBATCHES={self.num_microbatches} must be positive")
         if self.log_period <= 0:
             raise SettingError(f"LOG_PERIOD={self.log_period} must be positive")
+        # the batches are the model family's: one sequence per example for a decoder-only
+        # model, built with its BOS and EOS (every reader of `data` sees the same)
+        ids = family_of(self.model_config).sequence_ids
+        if self.data.decoder_only != ids:
+            object.__setattr__(self, "data", dataclasses.replace(self.data, decoder_only=ids))
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)

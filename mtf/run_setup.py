@@ -25,7 +25,7 @@ from mtf import checkpoint, partitioning, program, state, storage
 from mtf.convert import adapters, loading
 from mtf.data import batches
 from mtf.errors import SettingError
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.run_config import RunConfig
 
 
@@ -137,11 +137,12 @@ class RunSetup:
 
 
 def _check_resumable(config: RunConfig, ckpts: checkpoint.Checkpoints, step: int,
-                     position: checkpoint.DataPosition, saved: T5Config) -> None:
+                     position: checkpoint.DataPosition, saved: ModelConfig) -> None:
     """Refuses a batch size the checkpoint's position was not counted in; warns on a model
     or mixture that differs from the one it was trained with."""
-    if saved.replace(dropout_rate=0.0, dtype="float32") != config.model_config.replace(
-            dropout_rate=0.0, dtype="float32"):
+    if (type(saved) is not type(config.model_config)
+            or saved.without_dropout.replace(dtype="float32")
+            != config.model_config.without_dropout.replace(dtype="float32")):
         logging.warning("the checkpoint's model config differs from the gin config in "
                         "more than dropout/dtype: %s vs %s", saved, config.model_config)
     if position.batch_size not in (None, config.batch_size):
@@ -184,7 +185,7 @@ def setup(config: RunConfig, devices: Sequence[Any] | None = None) -> RunSetup:
     return RunSetup(config, mesh, built, tx)
 
 
-def checkpoint_params(model_config: T5Config, checkpoint_path: str | None, mesh: Mesh,
+def checkpoint_params(model_config: ModelConfig, checkpoint_path: str | None, mesh: Mesh,
                       adapter_path: str | None = None) -> loading.LoadedCheckpoint:
     """One checkpoint's parameters (with ADAPTER_PATH's LoRA adapters merged), placed on
     `mesh` for the eval and infer runs."""

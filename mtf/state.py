@@ -1,7 +1,7 @@
 """Train state initialised directly sharded, from its abstract shape (nothing gathered).
 
-With LoRA (`T5Config.lora`) the state trains the adapters only: `params` holds them and the
-optimizer state is theirs; the base sits in `frozen`, in the LoRA base dtype.
+With LoRA (the model config's `lora`) the state trains the adapters only: `params` holds
+them and the optimizer state is theirs; the base sits in `frozen`, in the LoRA base dtype.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
-from mtf.model import T5Config, init_params, logical_axes, lora
+from mtf.model import ModelConfig, init_params, logical_axes, lora
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -33,7 +33,7 @@ class TrainState(flax.struct.PyTreeNode):
         return self.params if self.frozen is None else lora.join(self.frozen, self.params)
 
 
-def trained_and_frozen(params: Any, config: T5Config) -> tuple[Any, Any]:
+def trained_and_frozen(params: Any, config: ModelConfig) -> tuple[Any, Any]:
     """(what trains, what stays frozen or None) of a full parameter tree (or any tree shaped
     like it, e.g. its shardings)."""
     if config.lora is None:
@@ -42,11 +42,11 @@ def trained_and_frozen(params: Any, config: T5Config) -> tuple[Any, Any]:
     return adapters, base
 
 
-def frozen_dtype(config: T5Config) -> jnp.dtype:
+def frozen_dtype(config: ModelConfig) -> jnp.dtype:
     return jnp.dtype(config.lora.base_dtype if config.lora else "float32")
 
 
-def _init(config: T5Config, optimizer: optax.GradientTransformation, rng: jax.Array
+def _init(config: ModelConfig, optimizer: optax.GradientTransformation, rng: jax.Array
           ) -> TrainState:
     trained, frozen = trained_and_frozen(init_params(config, rng), config)
     if frozen is not None:
@@ -55,7 +55,7 @@ def _init(config: T5Config, optimizer: optax.GradientTransformation, rng: jax.Ar
                       opt_state=optimizer.init(trained), frozen=frozen)
 
 
-def state_shardings(config: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh,
+def state_shardings(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
                     rules=partitioning.RULES) -> tuple[TrainState, TrainState]:
     """(abstract state, its shardings). Optimizer statistics shaped like their parameter
     share its sharding (fully sharded optimizer state); factored rows/columns and scalars
@@ -79,13 +79,13 @@ def state_shardings(config: T5Config, optimizer: optax.GradientTransformation, m
     return abstract, shardings
 
 
-def init_state(config: T5Config, optimizer: optax.GradientTransformation, mesh: Mesh,
+def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
                rng: jax.Array, rules=partitioning.RULES) -> TrainState:
     _, shardings = state_shardings(config, optimizer, mesh, rules)
     return jax.jit(functools.partial(_init, config, optimizer), out_shardings=shardings)(rng)
 
 
-def init_adapters(config: T5Config, optimizer: optax.GradientTransformation, frozen: Any,
+def init_adapters(config: ModelConfig, optimizer: optax.GradientTransformation, frozen: Any,
                   shardings: TrainState, rng: jax.Array) -> TrainState:
     """A LoRA state at step 0 on a loaded base: fresh adapters (B = 0: the base model's
     outputs) and their optimizer state; the base arrays are used as they are."""

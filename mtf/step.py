@@ -12,7 +12,7 @@ import optax
 
 from mtf import losses
 from mtf.errors import SettingError
-from mtf.model import T5Config, lora
+from mtf.model import ModelConfig, lora
 from mtf.model.family import ModelFamily, family_of
 from mtf.state import TrainState
 
@@ -126,7 +126,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, family: 
 
 
 def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *,
-               config: T5Config, optimizer: optax.GradientTransformation, loss: LossConfig,
+               config: ModelConfig, optimizer: optax.GradientTransformation, loss: LossConfig,
                num_microbatches: int = 1, learning_rate: optax.Schedule | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     family = family_of(config)
@@ -141,7 +141,7 @@ def train_step(state: TrainState, batch: Batch, dropout_rng: jax.Array | None, *
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_metrics(params: Any, batch: Batch, *, config: T5Config, loss: LossConfig,
+def eval_metrics(params: Any, batch: Batch, *, config: ModelConfig, loss: LossConfig,
                  num_microbatches: int = 1) -> dict[str, jax.Array]:
     """The train step's loss on a batch, without dropout or gradients (validation loss);
     microbatched the same way, so a batch that trains also evaluates in memory."""

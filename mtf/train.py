@@ -33,7 +33,7 @@ from mtf import (
 from mtf.data import batches, records, seqio_tasks
 from mtf.errors import UserError
 from mtf.eval import evaluation, report, validation
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.run_config import RunConfig
 
 
@@ -149,7 +149,7 @@ def _stream_states(stream: batches.Batches) -> list[dict[str, Any]] | None:
     return [json.loads(bytes(row[:int(n)])) for row, n in zip(rows, sizes, strict=True)]
 
 
-def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
+def _evaluator(model_config: ModelConfig, mesh, eval_period: int | None,
                eval_config: evaluation.EvalConfig | None, skip_bad_records: bool,
                skipped: records.SkipReport) -> evaluation.Evaluator | None:
     """The in-training evaluator (EVAL_PERIOD and EVAL_MIXTURE set), its examples read now
@@ -164,7 +164,7 @@ def _evaluator(model_config: T5Config, mesh, eval_period: int | None,
                   "XNLI_DIR, XCOPA_DIR, XSTORYCLOZE_DIR or XWINOGRAD_DIR; see README)",
                   flush=True)
         return None
-    evaluator = evaluation.Evaluator(model_config.replace(dropout_rate=0.0), mesh, eval_config)
+    evaluator = evaluation.Evaluator(model_config.without_dropout, mesh, eval_config)
     seqio_tasks.handle_bad_records(seqio.get_mixture_or_task(eval_config.mixture_or_task_name),
                                    skip_bad_records, skipped)
     evaluator.examples()

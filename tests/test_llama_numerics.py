@@ -17,6 +17,8 @@ from mtf.errors import SettingError
 from mtf.model.llama import Llama, LlamaConfig
 from mtf.model.params import scan_params
 
+BOS, EOS = 1, 2  # HF LlamaConfig's defaults, read into mtf's config
+
 # 6 query heads over 2 key/value heads, a head size (10) that is neither 64 nor
 # hidden / heads, a vocabulary that is not a multiple of 128
 ODD = dict(vocab_size=301, hidden_size=48, intermediate_size=72, num_attention_heads=6,
@@ -176,7 +178,8 @@ def test_initialised_parameters_have_the_converted_shapes_and_logical_axes():
 
 def test_rank_classification_scores_are_hf_log_likelihoods():
     """`scoring.score_rows` through the decoder-only family: each choice's summed
-    log-probability after its prompt, as HF computes it on prompt + choice alone."""
+    log-probability after its prompt, as HF computes it on BOS + prompt + choice alone; a
+    prompt's trailing EOS (seqio's inputs end with one) is dropped, as in training."""
     from mtf.eval import scoring
 
     model = hf_model("tied_llama3_rope")
@@ -184,20 +187,20 @@ def test_rank_classification_scores_are_hf_log_likelihoods():
     rng = np.random.default_rng(4)
     prompt_lengths, choices = [5, 9], [[3, 1], [2, 4, 1]]  # per prompt: each choice's length
     prompts = np.zeros((2, 12), np.int32)
-    texts = [rng.integers(1, 301, n) for n in prompt_lengths]
-    for i, text in enumerate(texts):
-        prompts[i, :len(text)] = text
+    texts = [rng.integers(3, 301, n) for n in prompt_lengths]
+    prompts[0, :5] = texts[0]
+    prompts[1, :10] = np.append(texts[1], EOS)
     row_example, targets, expected = [], np.zeros((5, 6), np.int32), []
     for i, lengths in enumerate(choices):
         for n in lengths:
             choice = rng.integers(1, 301, n)
             targets[len(row_example), :n] = choice
             row_example.append(i)
-            sequence = np.concatenate([texts[i], choice])
+            sequence = np.concatenate([[BOS], texts[i], choice])
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor(sequence[None])).logits[0]
             log_probs = torch.log_softmax(logits, -1).numpy()
-            expected.append(sum(log_probs[len(texts[i]) - 1 + j, t]
+            expected.append(sum(log_probs[len(texts[i]) + j, t]
                                 for j, t in enumerate(choice)))
     sums, counts = scoring.score_rows(params, jnp.asarray(prompts),
                                       jnp.asarray(row_example, jnp.int32),
@@ -208,18 +211,18 @@ def test_rank_classification_scores_are_hf_log_likelihoods():
 
 def test_greedy_decoding_on_the_cache_equals_hf_generate_and_beams_score_truly():
     """Greedy tokens from prompts of different lengths (right-padded in one batch) equal
-    HF `generate`'s for each prompt alone (T5's conventions, which eval.decoding still
-    uses: EOS 1, pad 0 never emitted); beam search's log-likelihoods are HF's for the
-    sequences it returns (its reordered cache is right)."""
+    HF `generate`'s for BOS + each prompt alone (stopping at the config's EOS, pad 0 never
+    emitted); beam search's log-likelihoods are HF's for the sequences it returns (its
+    reordered cache is right)."""
     from mtf.eval import decoding
 
     model = hf_model("odd")
     config, params = converted(model)
     rng = np.random.default_rng(5)
-    texts = [rng.integers(2, 301, n) for n in (7, 3, 11)]
+    texts = [np.concatenate([[BOS], rng.integers(3, 301, n)]) for n in (7, 3, 11)]
     prompts = np.zeros((3, 11), np.int32)
     for i, text in enumerate(texts):
-        prompts[i, :len(text)] = text
+        prompts[i, :len(text) - 1] = text[1:]  # BOS is the family's to add
     greedy = decoding.decode_batch(params, jnp.asarray(prompts), jax.random.key(0),
                                    config=config,
                                    decode=decoding.DecodeConfig(max_decode_length=6))[0]
@@ -229,12 +232,12 @@ def test_greedy_decoding_on_the_cache_equals_hf_generate_and_beams_score_truly()
     for i, text in enumerate(texts):
         with torch.no_grad():
             out = model.generate(torch.tensor(text[None]), max_new_tokens=6, do_sample=False,
-                                 eos_token_id=1, pad_token_id=0, bad_words_ids=[[0]])
-        theirs = decoding.until_eos(out[0, len(text):].numpy())
-        assert decoding.until_eos(np.asarray(greedy[i, 0])) == theirs, i
+                                 eos_token_id=EOS, pad_token_id=0, bad_words_ids=[[0]])
+        theirs = decoding.until_eos(out[0, len(text):].numpy(), EOS)
+        assert decoding.until_eos(np.asarray(greedy[i, 0]), EOS) == theirs, i
         for beam, ll in zip(np.asarray(beams[i]), np.asarray(lls[i]), strict=True):
-            generated = decoding.until_eos(beam)
-            generated += [1] if len(generated) < 5 else []
+            generated = decoding.until_eos(beam, EOS)
+            generated += [EOS] if len(generated) < 5 else []
             sequence = np.concatenate([text, generated])
             with torch.no_grad():
                 log_probs = torch.log_softmax(model(torch.tensor(sequence[None])).logits[0], -1)

@@ -26,7 +26,7 @@ from flax import traverse_util
 from mtf.checkpoint import resolved_path, restore_float32, training_step
 from mtf.convert import peft
 from mtf.convert.errors import CheckpointError
-from mtf.model import T5Config, abstract_params, lora
+from mtf.model import ModelConfig, abstract_params, config_from_json, lora
 
 Params = dict[str, Any]
 # the fields that decide the network's parameter shapes and function (not dtype, dropout,
@@ -37,7 +37,7 @@ _SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
                  "relative_attention_max_distance", "layer_norm_epsilon")
 
 
-def config_hash(config: T5Config) -> str:
+def config_hash(config: ModelConfig) -> str:
     fields = {k: getattr(config, k) for k in _SHAPE_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()
                           ).hexdigest()[:16]
@@ -55,7 +55,7 @@ def fingerprint(base: Params) -> str:
     return f"{total:.9e}/{squares:.9e}"
 
 
-def base_record(path: str, config: T5Config, base: Params) -> dict[str, str]:
+def base_record(path: str, config: ModelConfig, base: Params) -> dict[str, str]:
     return {"path": str(path), "config_hash": config_hash(config),
             "fingerprint": fingerprint(base)}
 
@@ -80,14 +80,14 @@ def check_base(recorded: dict[str, str] | None, actual: dict[str, str], adapters
                      recorded.get("path"), actual["path"])
 
 
-def abstract_adapters(config: T5Config) -> Params:
+def abstract_adapters(config: ModelConfig) -> Params:
     _, adapters = lora.split(abstract_params(config))
     return adapters
 
 
-def save(path: str | os.PathLike, config: T5Config, adapters: Params,
+def save(path: str | os.PathLike, config: ModelConfig, adapters: Params,
          record: dict[str, str] | None) -> None:
-    """An adapter directory: config.json (the adapted model's T5Config), adapters/ (Orbax,
+    """An adapter directory: config.json (the adapted model's config), adapters/ (Orbax,
     float32), base.json (the base they belong to)."""
     path = resolved_path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 
 
 def load(path: str | os.PathLike, step: int | None = None
-         ) -> tuple[T5Config, Params, dict[str, str] | None]:
+         ) -> tuple[ModelConfig, Params, dict[str, str] | None]:
     """(adapted model's config, float32 adapters, base record) from a LoRA run, a step
     folder of one, an adapter directory, or a PEFT directory (then with no base record:
     PEFT records only a hub name)."""
@@ -114,7 +114,7 @@ def load(path: str | os.PathLike, step: int | None = None
         raise CheckpointError(f"{path} is a Hugging Face PEFT adapter; it needs the base "
                               "model's config to be read: use peft.load(path, base_config)")
     if is_adapter_dir(p):
-        config = T5Config.from_json((p / "config.json").read_text())
+        config = config_from_json((p / "config.json").read_text())
         record = json.loads((p / "base.json").read_text()) if (p / "base.json").exists() else {}
         return config, restore_float32(p / "adapters", abstract_adapters(config), None,
                                        "the adapters"), record
@@ -125,7 +125,7 @@ def load(path: str | os.PathLike, step: int | None = None
                               "(config.json + adapters/) or a PEFT directory "
                               "(adapter_config.json + adapter_model.safetensors)")
     step_path = resolved_path(step_dir)
-    config = T5Config.from_json((step_path / "config" / "metadata").read_text())
+    config = config_from_json((step_path / "config" / "metadata").read_text())
     if config.lora is None:
         raise CheckpointError(f"{step_dir} is a full finetuning checkpoint, not a LoRA run: use "
                               "it as the model itself (no --adapter)")
@@ -135,8 +135,8 @@ def load(path: str | os.PathLike, step: int | None = None
     return config, adapters, data.get("lora_base")
 
 
-def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str,
-          step: int | None = None) -> tuple[T5Config, Params]:
+def apply(base_path: str, base_config: ModelConfig, base: Params, adapter_path: str,
+          step: int | None = None) -> tuple[ModelConfig, Params]:
     """(plain config, merged float32 params): the base with the adapters of `adapter_path`
     folded into its kernels, after checking they were trained on this base."""
     if peft.is_peft_dir(resolved_path(adapter_path)):
@@ -148,7 +148,7 @@ def apply(base_path: str, base_config: T5Config, base: Params, adapter_path: str
                                adapter_path)
 
 
-def merged(base_path: str, base_config: T5Config, base: Params, config: T5Config,
+def merged(base_path: str, base_config: ModelConfig, base: Params, config: ModelConfig,
            adapters: Params, record: dict[str, str] | None, adapter_path: str) -> Params:
     """The base's params (float32) with `adapters` (of the adapted `config`, read from
     `adapter_path`, trained on the base `record` names) folded into its kernels, after

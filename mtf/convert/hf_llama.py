@@ -59,6 +59,10 @@ def config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
                            float(scaling["high_freq_factor"]),
                            int(scaling["original_max_position_embeddings"]))
     heads = int(hf["num_attention_heads"])
+    eos = hf.get("eos_token_id", 2)
+    if isinstance(eos, list):  # Llama 3 instruct: several; generation stops at the first
+        eos = eos[0]
+    bos = hf.get("bos_token_id", 1)
     return LlamaConfig(
         vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["hidden_size"]), num_heads=heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or heads),
@@ -66,7 +70,8 @@ def config_from_hf(hf: Mapping[str, Any]) -> LlamaConfig:
         mlp_dim=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=theta, rope_scaling=rope,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_token_id=None if bos is None else int(bos), eos_token_id=int(eos))
 
 
 def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Params:

@@ -23,8 +23,10 @@ import seqio
 import tensorflow as tf
 
 from mtf.data import cached_stream, records, seekable, seqio_tasks, token_cache
+from mtf.data.decoder_only import DecoderOnlyFeatureConverter
 from mtf.errors import SettingError
 from mtf.model import ENCODER_DECODER as SPEC
+from mtf.model.features import SequenceIds
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 # task feature -> batch feature: the per-token ids, packed beside the targets they describe
@@ -55,8 +57,21 @@ class MetadataFeatureConverter(seqio.EncDecFeatureConverter):
         return out
 
 
-def feature_converter(pack: bool) -> seqio.FeatureConverter:
-    return MetadataFeatureConverter(pack=pack)
+def feature_converter(pack: bool, decoder_only: SequenceIds | None = None,
+                      loss_on_prompt: bool = False, metadata: bool = True
+                      ) -> seqio.FeatureConverter:
+    """The converter to the model family's batch: encoder-decoder (T5X's features), or one
+    sequence per example for a decoder-only model (`decoder_only`: its BOS and EOS);
+    `metadata`: the tasks carry per-token language and task ids."""
+    if decoder_only is not None:
+        return DecoderOnlyFeatureConverter(
+            pack, decoder_only.bos_id, decoder_only.eos_id, loss_on_prompt,
+            METADATA_MODEL_FEATURES if metadata else None)
+    if loss_on_prompt:
+        raise SettingError("LOSS_ON_PROMPT is for decoder-only models (an encoder-decoder "
+                           "reads the prompt in its encoder and predicts the targets only)")
+    return MetadataFeatureConverter(pack=pack) if metadata else seqio.EncDecFeatureConverter(
+        pack=pack)
 
 
 def task_feature_lengths(lengths: Mapping[str, int]) -> dict[str, int]:
@@ -90,6 +105,15 @@ class DataConfig:
     seekable: bool = True  # unpacked runs resume without replaying (see seekable.py)
     skip_bad_records: bool = False  # count and skip malformed records instead of stopping
     cache_dir: str | None = None  # DATA_CACHE_DIR: the token cache the train stream reads
+    loss_on_prompt: bool = False  # LOSS_ON_PROMPT: decoder-only runs train on the prompt too
+    # set by the run from its model (RunConfig): a decoder-only model's BOS and EOS, and
+    # the batches are then one sequence per example (data/decoder_only.py)
+    decoder_only: SequenceIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoder_only is not None and self.cache_dir:
+            raise SettingError("DATA_CACHE_DIR holds encoder-decoder batches; a decoder-only "
+                               "run reads its tasks directly for now: unset DATA_CACHE_DIR")
 
 
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
@@ -142,10 +166,11 @@ def dataset(config: DataConfig, batch_size: int, process_index: int = 0,
                            "processes; choose a multiple")
     provider_ = provider(config)
     lengths = task_feature_lengths(config.task_feature_lengths)
-    converter = feature_converter(config.pack)
-    if not has_metadata(provider_):
+    metadata = has_metadata(provider_)
+    converter = feature_converter(config.pack, config.decoder_only, config.loss_on_prompt,
+                                  metadata)
+    if not metadata:
         lengths = {k: lengths[k] for k in ("inputs", "targets")}
-        converter = seqio.EncDecFeatureConverter(pack=config.pack)
     local_batch = batch_size // process_count
     if uses_seekable_stream(config):
         ds = seekable.examples(provider_, config.split, lengths, config.seed,

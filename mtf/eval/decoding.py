@@ -5,8 +5,9 @@ to torch modules; T5X's `decoding.py` is not on PyPI and pins git heads); the be
 follows T5X's (alive/finished beams, brevity penalty ((5 + length) / 6) ** alpha, early
 stop when no alive beam can beat the worst finished one).
 
-Conventions (T5's): decoding starts from token 0, stops at EOS (1), and never emits the
-pad token 0. A hypothesis that reaches `max_decode_length` without EOS ends there.
+Conventions: the model family starts decoding (T5: token 0; decoder-only: after the
+prompt) and names its EOS (T5: 1; LLaMA: its config's); the pad token 0 is never emitted.
+A hypothesis that reaches `max_decode_length` without EOS ends there.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
 from mtf.errors import SettingError
-from mtf.model import T5Config
-from mtf.model.family import DecodeStep, ModelFamily, family_of
+from mtf.model.family import DecodeStep, ModelConfig, ModelFamily, family_of
 
-PAD_ID, EOS_ID = 0, 1
+PAD_ID = 0
 NEG_INF = -1.0e7  # finite, so sums of impossible scores stay ordered
 
 
@@ -76,11 +76,11 @@ class Decoded:
     log_likelihoods: np.ndarray
 
 
-def until_eos(tokens: np.ndarray) -> list[int]:
+def until_eos(tokens: np.ndarray, eos_id: int) -> list[int]:
     """The generated ids before the first EOS (what the vocabulary decodes)."""
     out = []
     for t in np.asarray(tokens).tolist():
-        if t == EOS_ID:
+        if t == eos_id:
             break
         out.append(t)
     return out
@@ -109,11 +109,11 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
     return logits
 
 
-def _no_early_eos(log_probs: jax.Array, i: jax.Array, min_length: int) -> jax.Array:
+def _no_early_eos(log_probs: jax.Array, i: jax.Array, min_length: int, eos: int
+                  ) -> jax.Array:
     if not min_length:
         return log_probs
-    return log_probs.at[:, EOS_ID].set(jnp.where(i < min_length, NEG_INF,
-                                                 log_probs[:, EOS_ID]))
+    return log_probs.at[:, eos].set(jnp.where(i < min_length, NEG_INF, log_probs[:, eos]))
 
 
 def _log_probs(logits: jax.Array) -> jax.Array:
@@ -122,7 +122,7 @@ def _log_probs(logits: jax.Array) -> jax.Array:
 
 
 def _sample(step: DecodeStep, logits: jax.Array, cache: Any, batch: int, cfg: DecodeConfig,
-            rng: jax.Array):
+            rng: jax.Array, eos: int):
     """Greedy (temperature 0) or sampling: one token per row per step until all hit EOS
     (`logits`: the first token's, from the family's `start_decoding`)."""
     length = cfg.max_decode_length
@@ -138,13 +138,14 @@ def _sample(step: DecodeStep, logits: jax.Array, cache: Any, batch: int, cfg: De
         (choices are shift-invariant) and subtracts the log-normaliser only for the
         chosen token, so no [batch, vocab] log-probabilities are formed."""
         normaliser = jax.nn.logsumexp(logits, axis=-1)
-        allowed = _no_early_eos(logits.at[:, PAD_ID].set(NEG_INF), i, cfg.min_decode_length)
+        allowed = _no_early_eos(logits.at[:, PAD_ID].set(NEG_INF), i, cfg.min_decode_length,
+                                eos)
         key, sub = jax.random.split(key)
         token = jnp.where(done, PAD_ID, choose(allowed, sub))
         total = total + jnp.where(done, 0.0, jnp.take_along_axis(
             allowed, token[:, None], axis=-1)[:, 0] - normaliser)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
-        return token, out, total, done | (token == EOS_ID), key
+        return token, out, total, done | (token == eos), key
 
     # Each step's distribution is used inside the iteration that computes it, so only the
     # chosen tokens cross iterations (not [batch, vocab] log-probabilities), and the loop
@@ -171,7 +172,7 @@ def _sample(step: DecodeStep, logits: jax.Array, cache: Any, batch: int, cfg: De
 def _beam_search(family: ModelFamily, step: DecodeStep, logits: jax.Array, cache: Any,
                  batch: int, cfg: DecodeConfig):
     """T5X-style beam search over a cache already holding `beam_size` rows per example."""
-    k, length = cfg.beam_size, cfg.max_decode_length
+    k, length, eos = cfg.beam_size, cfg.max_decode_length, family.eos_id
     log_probs = _log_probs(logits)
     vocab = log_probs.shape[-1]
     if 2 * k > k * vocab:
@@ -180,13 +181,13 @@ def _beam_search(family: ModelFamily, step: DecodeStep, logits: jax.Array, cache
 
     def body(carry):
         (i, log_probs, cache, alive_seq, alive_lp, fin_seq, fin_score, fin_lp) = carry
-        log_probs = _no_early_eos(log_probs, i, cfg.min_decode_length)
+        log_probs = _no_early_eos(log_probs, i, cfg.min_decode_length, eos)
         candidates = (alive_lp[:, :, None] + log_probs.reshape(batch, k, vocab))
         top_lp, top_index = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)
         source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
         seqs = jnp.take_along_axis(alive_seq, source[:, :, None], axis=1)
         seqs = jax.lax.dynamic_update_slice(seqs, token[:, :, None], (0, 0, i))
-        ends = (token == EOS_ID) | (i == length - 1)
+        ends = (token == eos) | (i == length - 1)
         new_score = jnp.where(ends, top_lp / brevity_penalty(cfg.alpha, i + 1), NEG_INF)
         new_lp = jnp.where(ends, top_lp, NEG_INF)
         all_score = jnp.concatenate([fin_score, new_score], axis=1)
@@ -194,7 +195,7 @@ def _beam_search(family: ModelFamily, step: DecodeStep, logits: jax.Array, cache
         fin_seq = jnp.take_along_axis(jnp.concatenate([fin_seq, seqs], axis=1),
                                       keep[:, :, None], axis=1)
         fin_lp = jnp.take_along_axis(jnp.concatenate([fin_lp, new_lp], axis=1), keep, axis=1)
-        alive_lp, chosen = jax.lax.top_k(jnp.where(token == EOS_ID, NEG_INF, top_lp), k)
+        alive_lp, chosen = jax.lax.top_k(jnp.where(token == eos, NEG_INF, top_lp), k)
         alive_seq = jnp.take_along_axis(seqs, chosen[:, :, None], axis=1)
         kept = jnp.take_along_axis(source, chosen, axis=1)  # each new beam's source beam
         cache = family.reorder_cache(cache, (jnp.arange(batch)[:, None] * k + kept).reshape(-1))
@@ -217,7 +218,7 @@ def _beam_search(family: ModelFamily, step: DecodeStep, logits: jax.Array, cache
 
 
 def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
-                 config: T5Config, decode: DecodeConfig) -> tuple[jax.Array, ...]:
+                 config: ModelConfig, decode: DecodeConfig) -> tuple[jax.Array, ...]:
     """(tokens [b, n, L], scores [b, n], log-likelihoods [b, n]) for one batch of inputs."""
     family = family_of(config)
     batch = encoder_tokens.shape[0]
@@ -226,7 +227,8 @@ def decode_batch(params: Any, encoder_tokens: jax.Array, rng: jax.Array, *,
                                                 decode.max_decode_length)
     if decode.beam_size > 1:
         return _beam_search(family, step, logits, cache, batch, decode)
-    tokens, scores, lls = _sample(step, logits, cache, batch * rows, decode, rng)
+    tokens, scores, lls = _sample(step, logits, cache, batch * rows, decode, rng,
+                                  family.eos_id)
     return (tokens.reshape(batch, rows, -1), scores.reshape(batch, rows),
             lls.reshape(batch, rows))
 
@@ -235,7 +237,7 @@ class Decoder:
     """`decode_batch` jitted on a mesh with the training rules (parameters sharded as in
     training, the batch over the data axes), compiled once per input shape."""
 
-    def __init__(self, config: T5Config, decode: DecodeConfig, mesh: Mesh) -> None:
+    def __init__(self, config: ModelConfig, decode: DecodeConfig, mesh: Mesh) -> None:
         self.config, self.decode, self.mesh = config, decode, mesh
         self.batch_sharding = partitioning.batch_sharding(mesh)
         replicated = NamedSharding(mesh, PartitionSpec())

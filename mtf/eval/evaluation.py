@@ -21,7 +21,7 @@ import seqio
 from mtf.data import batches, metrics, records, seqio_tasks
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.run_config import EvalConfig  # gin binds it here: evaluation.EvalConfig
 
 
@@ -49,12 +49,12 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def cut_to_length(tokens: Sequence[int], length: int) -> tuple[list[int], bool]:
+def cut_to_length(tokens: Sequence[int], length: int, eos_id: int) -> tuple[list[int], bool]:
     """Tokens ending in EOS, cut to `length` keeping EOS last (as seqio's trim + EOS)."""
     tokens = [int(t) for t in tokens]
     if len(tokens) <= length:
         return tokens, False
-    return tokens[:length - 1] + [decoding.EOS_ID], True
+    return tokens[:length - 1] + [eos_id], True
 
 
 def dataset_name(example_task_id: int, task_name: str, language: str,
@@ -71,7 +71,7 @@ class Evaluator:
     """Reads a task or mixture's examples once and scores parameters on them; the scorer
     and decoder compile once for the run (same mesh and rules as training)."""
 
-    def __init__(self, model_config: T5Config, mesh: Any, config: EvalConfig) -> None:
+    def __init__(self, model_config: ModelConfig, mesh: Any, config: EvalConfig) -> None:
         if not config.mixture_or_task_name:
             raise SettingError("no evaluation task: set EVAL_MIXTURE (a task or mixture "
                                "registered by `import tasks`, e.g. 'mini_xp3_heldout')")
@@ -129,7 +129,7 @@ class Evaluator:
     def _example(self, task: seqio.Task, raw: Mapping[str, Any], vocab,
                  names: Mapping[int, str]) -> Example:
         language = _text(raw.get("language", b""))
-        inputs, cut = cut_to_length(raw["inputs"], self.input_length)
+        inputs, cut = cut_to_length(raw["inputs"], self.input_length, vocab.eos_id)
         self.truncation.prompts += cut
         example = Example(dataset_name(raw.get("task_id", 0), task.name, language, names),
                           language,
@@ -145,8 +145,8 @@ class Evaluator:
                     f"{label} but {len(texts)} answer choices")
             choices = []
             for text in texts:
-                tokens, cut = cut_to_length(list(vocab.encode(text)) + [decoding.EOS_ID],
-                                   self.target_length)
+                tokens, cut = cut_to_length(list(vocab.encode(text)) + [vocab.eos_id],
+                                            self.target_length, vocab.eos_id)
                 self.truncation.choices += cut
                 choices.append(tokens)
             example.choices, example.choice_texts, example.label = choices, texts, label
@@ -182,7 +182,7 @@ class Evaluator:
             for i, e in enumerate(chunk):
                 enc[i, :len(e.inputs)] = e.inputs
             tokens = decoder(params, enc).tokens[:len(chunk), 0]
-            texts += [vocab.decode(decoding.until_eos(row)) for row in tokens]
+            texts += [vocab.decode(decoding.until_eos(row, vocab.eos_id)) for row in tokens]
         return texts
 
     def run(self, params: Any, keep_predictions: bool = False) -> dict[str, Any]:

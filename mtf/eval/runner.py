@@ -13,7 +13,7 @@ import jax
 from mtf import partitioning, run_setup, storage
 from mtf.errors import SettingError
 from mtf.eval import evaluation, report
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.run_config import EvalConfig
 
 
@@ -26,7 +26,7 @@ def _step_label(source: str) -> str:
     return "checkpoint_" + re.sub(r"[^A-Za-z0-9_.-]", "_", name or "root")
 
 
-def _load(model_config: T5Config, checkpoint_path: str | None, mesh,
+def _load(model_config: ModelConfig, checkpoint_path: str | None, mesh,
           adapter_path: str | None) -> tuple[Any, str, str]:
     """(placed params, description, report label); with ADAPTER_PATH, the base checkpoint
     with those adapters merged (labelled by the adapters' step)."""
@@ -37,7 +37,7 @@ def _load(model_config: T5Config, checkpoint_path: str | None, mesh,
     return loaded.params, loaded.source, _step_label(loaded.source)
 
 
-def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
+def evaluate(*, model_config: ModelConfig, checkpoint_path: str | None, model_dir: str,
              eval_config: EvalConfig,
              mesh_shape: tuple[int, int, int] = (-1, 1, 1),
              adapter_path: str | None = None) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def evaluate(*, model_config: T5Config, checkpoint_path: str | None, model_dir: 
     return result
 
 
-def infer(*, model_config: T5Config, checkpoint_path: str | None, model_dir: str,
+def infer(*, model_config: ModelConfig, checkpoint_path: str | None, model_dir: str,
           eval_config: EvalConfig, output_file: str | None = None,
           mesh_shape: tuple[int, int, int] = (-1, 1, 1),
           adapter_path: str | None = None) -> str:

@@ -21,12 +21,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import losses, partitioning
 from mtf.errors import SettingError
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.model.family import family_of
 
 
 def score_rows(params: Any, encoder_tokens: jax.Array, row_example: jax.Array,
-               row_targets: jax.Array, *, config: T5Config, chunks: int = 1
+               row_targets: jax.Array, *, config: ModelConfig, chunks: int = 1
                ) -> tuple[jax.Array, jax.Array]:
     """(summed log-likelihood, token count) of each row's targets [rows, length] given the
     prompt of example `row_example[r]`; rows of all-0 targets score 0."""
@@ -53,7 +53,7 @@ class Scorer:
     """`score_rows` jitted on a mesh with the training rules; examples are packed into
     fixed-size batches (`batch_size` prompts, `rows` choices) so it compiles once."""
 
-    def __init__(self, config: T5Config, mesh: Mesh, batch_size: int, input_length: int,
+    def __init__(self, config: ModelConfig, mesh: Mesh, batch_size: int, input_length: int,
                  target_length: int, rows: int, chunks: int = 1) -> None:
         self.batch_size, self.input_length, self.target_length = (batch_size, input_length,
                                                                   target_length)

@@ -15,14 +15,14 @@ from typing import Any
 from mtf import partitioning, program, step
 from mtf.data import batches, seqio_tasks
 from mtf.errors import SettingError
-from mtf.model import T5Config
+from mtf.model import ModelConfig
 from mtf.observability import LogWindow
 
 PREFIX = "validation/"
 
 
 class ValidationLoss:
-    def __init__(self, model_config: T5Config, mesh: Any, params_sharding: Any,
+    def __init__(self, model_config: ModelConfig, mesh: Any, params_sharding: Any,
                  data: batches.DataConfig, batch_size: int, loss: step.LossConfig,
                  num_microbatches: int, steps: int, process_index: int = 0,
                  process_count: int = 1) -> None:
@@ -46,7 +46,7 @@ class ValidationLoss:
         self.spec = model_config.batch_spec
         self.task_names = seqio_tasks.task_names(batches.provider(data))
         self.keys = tuple(k for k in self.spec.step_inputs(data.pack) if k in self.local[0])
-        self.run = program.eval_program(model_config.replace(dropout_rate=0.0), mesh,
+        self.run = program.eval_program(model_config.without_dropout, mesh,
                                         params_sharding, loss, num_microbatches)
 
     def __call__(self, params: Any) -> dict[str, float]:

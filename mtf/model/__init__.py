@@ -1,7 +1,10 @@
-"""The mT5 network (T5.1.1 architecture) in Flax, with T5X's parameter names."""
+"""The networks (mT5: T5.1.1 encoder-decoder; LLaMA: decoder-only) in Flax, with T5X's
+parameter names, and the model families that the rest of mtf calls."""
 
 from mtf.model.config import LoraConfig, T5Config
-from mtf.model.features import ENCODER_DECODER, BatchSpec
+from mtf.model.family import ModelConfig, config_from_json, family_of
+from mtf.model.features import DECODER_ONLY, ENCODER_DECODER, BatchSpec
+from mtf.model.llama import LlamaConfig
 from mtf.model.network import Transformer, output_projection
 from mtf.model.params import (
     abstract_params,
@@ -12,6 +15,7 @@ from mtf.model.params import (
     unscan_params,
 )
 
-__all__ = ["ENCODER_DECODER", "BatchSpec", "LoraConfig", "T5Config", "Transformer",
+__all__ = ["DECODER_ONLY", "ENCODER_DECODER", "BatchSpec", "LlamaConfig", "LoraConfig",
+           "ModelConfig", "T5Config", "Transformer", "config_from_json", "family_of",
            "abstract_params", "flat_shapes", "init_params", "logical_axes", "output_projection",
            "scan_params", "unscan_params"]

@@ -136,6 +136,11 @@ class T5Config:
         return self.dropout_rate > 0 or (self.lora is not None and self.lora.dropout > 0)
 
     @property
+    def without_dropout(self) -> T5Config:
+        """The network evaluation runs (the validation loss, scoring)."""
+        return self.replace(dropout_rate=0.0)
+
+    @property
     def for_inference(self) -> T5Config:
         """The network scoring and decoding run: no dropout, no remat, and the XLA
         attention (the TPU flash kernel is a training-step choice; inference takes any

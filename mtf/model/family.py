@@ -11,14 +11,16 @@ search. T5X's model classes (EncoderDecoderModel, DecoderOnlyModel) draw the sam
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from mtf.errors import SettingError
 from mtf.model.config import T5Config
-from mtf.model.features import DECODER_ONLY, BatchSpec
+from mtf.model.features import DECODER_ONLY, BatchSpec, SequenceIds
 from mtf.model.layers import NEG_INF
 from mtf.model.llama import Llama, LlamaConfig
 from mtf.model.network import Transformer, output_projection
@@ -51,6 +53,24 @@ class ModelFamily(Protocol):
                        length: int) -> tuple[jax.Array, Any, DecodeStep]: ...
 
     def reorder_cache(self, cache: Any, rows: jax.Array) -> Any: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def sequence_ids(self) -> SequenceIds | None:
+        """A decoder-only model's BOS and EOS, which its training sequences are built with
+        (None: the encoder-decoder batch)."""
+
+    def model_flops_per_step(self, batch: int, inputs: int, targets: int) -> float: ...
+
+
+def _train_flops(weight_macs: float, attention_macs: float, lora: bool) -> float:
+    """Training FLOPs from the forward pass's multiply-adds (PaLM's MFU count): 6 per
+    weight multiply-add (2 forward, 4 backward), 4 with LoRA's frozen base (its weight
+    gradients are not computed; the adapters' rank-r matmuls, under 1% at rank 8, are left
+    out); attention's activation-by-activation products always 6."""
+    return (4.0 if lora else 6.0) * weight_macs + 6.0 * attention_macs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +163,32 @@ class EncoderDecoder:
 
         return jax.tree_util.tree_map_with_path(take, cache)
 
+    @property
+    def eos_id(self) -> int:
+        return 1  # T5's vocabularies: 0 pad (and the decoder's start), 1 EOS
+
+    @property
+    def sequence_ids(self) -> SequenceIds | None:
+        return None
+
+    def model_flops_per_step(self, batch: int, inputs: int, targets: int) -> float:
+        """Training FLOPs of one step: the matmuls of encoder (per input token), decoder
+        and cross attention (per target token) and the output projection."""
+        c = self.config
+        emb, heads, hd, mlp = c.emb_dim, c.num_heads, c.head_dim, c.mlp_dim
+        proj = 4 * emb * heads * hd                    # q, k, v, o
+        ffn = (len(c.mlp_activations) + 1) * emb * mlp  # wi_* and wo
+        cross = 2 * emb * heads * hd                   # cross-attention q, o (per target)
+        cross_kv = 2 * emb * heads * hd                # its k, v (per input token)
+        weights = batch * (inputs * (c.num_encoder_layers * (proj + ffn)
+                                     + c.num_decoder_layers * cross_kv)
+                           + targets * (c.num_decoder_layers * (proj + ffn + cross)
+                                        + emb * c.vocab_size))
+        attention = batch * (inputs * c.num_encoder_layers * 2 * inputs * heads * hd
+                             + targets * c.num_decoder_layers * 2 * (targets + inputs)
+                             * heads * hd)
+        return _train_flops(weights, attention, c.lora is not None)
+
 
 def _real_positions(real: jax.Array) -> jax.Array:
     """Each token's position counting only the real (non-pad) tokens before it, so pads
@@ -152,10 +198,10 @@ def _real_positions(real: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
-    """LLaMA (`mtf.model.llama`): prompt and response in one causal sequence, packed
-    examples kept apart by segment ids (0: padding) with positions reset per example.
-    The decoding conventions (start, EOS and pad ids) are still T5's, set in
-    `eval.decoding`; a LLaMA tokenizer's are to come with its vocabulary."""
+    """LLaMA (`mtf.model.llama`): BOS (where the vocabulary has one), prompt and response
+    in one causal sequence, packed examples kept apart by segment ids (0: padding) with
+    positions reset per example. Scoring and decoding see the prompt as training does
+    (`model_prompts`); generation stops at the config's EOS."""
 
     config: LlamaConfig
 
@@ -181,13 +227,46 @@ class DecoderOnly:
             {"params": params}, batch["decoder_input_tokens"], segments,
             batch.get("decoder_positions"), return_hidden=True)
 
+    @property
+    def eos_id(self) -> int:
+        return self.config.eos_token_id
+
+    @property
+    def sequence_ids(self) -> SequenceIds | None:
+        return SequenceIds(self.config.bos_token_id, self.config.eos_token_id)
+
+    def model_prompts(self, prompts: jax.Array) -> jax.Array:
+        """Right-padded prompt ids as the training sequence begins them: a trailing EOS
+        (seqio's `inputs` feature ends with one, for an encoder) dropped and BOS put first
+        where the config has one (the decoder-only feature converter does the same)."""
+        width = prompts.shape[1]
+        length = jnp.sum(prompts > 0, axis=1)
+        last = jnp.take_along_axis(prompts, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+        drop = (last == self.config.eos_token_id) & (length > 0)
+        at_last = jnp.arange(width)[None, :] == (length - 1)[:, None]
+        prompts = jnp.where(drop[:, None] & at_last, 0, prompts)
+        if self.config.bos_token_id is not None:
+            bos = jnp.full((prompts.shape[0], 1), self.config.bos_token_id, prompts.dtype)
+            prompts = jnp.concatenate([bos, prompts], axis=1)
+        return prompts
+
+    def model_flops_per_step(self, batch: int, inputs: int, targets: int) -> float:
+        """Training FLOPs of one step over sequences of inputs + targets tokens."""
+        c = self.config
+        length = inputs + targets
+        proj = 2 * c.emb_dim * (c.num_heads + c.num_kv_heads) * c.head_dim  # q, o; k, v
+        weights = batch * length * (c.num_layers * (proj + 3 * c.emb_dim * c.mlp_dim)
+                                    + c.emb_dim * c.vocab_size)
+        attention = batch * length * c.num_layers * 2 * length * c.num_heads * c.head_dim
+        return _train_flops(weights, attention, c.lora is not None)
+
     def choice_hidden_states(self, params: Any, prompts: jax.Array, row_prompt: jax.Array,
                              row_targets: jax.Array) -> jax.Array:
         """States [rows, length, emb] predicting each row's targets after its prompt: the
         right-padded prompt and the targets side by side, the pads between them left out by
         segment 0 and the positions counting real tokens only, so every row is exactly
         prompt + targets; the first target is predicted from the prompt's last token."""
-        rows_prompt = prompts[row_prompt]
+        rows_prompt = self.model_prompts(prompts)[row_prompt]
         prompt_width = rows_prompt.shape[1]
         tokens = jnp.concatenate([rows_prompt, row_targets], axis=1)
         real = tokens > 0
@@ -206,11 +285,12 @@ class DecoderOnly:
         fill the first slots of a key/value cache (their pads never attended to); new
         tokens go to the slots after them, at positions counting on from each prompt's
         length. The cache carries which slots are filled and how many tokens were added."""
+        prompts = self.model_prompts(prompts)
         if rows_per_prompt > 1:
             prompts = jnp.repeat(prompts, rows_per_prompt, axis=0)
         rows, width = prompts.shape
         total = width + length
-        model = Llama(self.config, cache_length=total)
+        model = Llama(self.config.for_inference, cache_length=total)
         real = prompts > 0
         prompt_length = jnp.sum(real, axis=1)
         filled = jnp.zeros((rows, total), bool).at[:, :width].set(real)
@@ -263,7 +343,23 @@ class DecoderOnly:
         return params["logits_kernel"], self.config.dtype, 1.0
 
 
-def family_of(config: T5Config | LlamaConfig) -> ModelFamily:
+ModelConfig = T5Config | LlamaConfig
+_CONFIGS = {LlamaConfig.FAMILY: LlamaConfig}
+
+
+def config_from_json(text: str) -> ModelConfig:
+    """A model config saved by its `to_json` (checkpoints' config/metadata, adapter
+    directories): the "family" key names its class; without one it is mT5's."""
+    family = json.loads(text).get("family")
+    if family is None:
+        return T5Config.from_json(text)
+    if family not in _CONFIGS:
+        raise SettingError(f"unknown model family {family!r} in a saved config; known: "
+                           f"{sorted(_CONFIGS)} and mT5 (no family key)")
+    return _CONFIGS[family].from_json(text)
+
+
+def family_of(config: ModelConfig) -> ModelFamily:
     """The family whose network `config` describes."""
     if isinstance(config, T5Config):
         return EncoderDecoder(config)

@@ -73,3 +73,13 @@ DECODER_ONLY = BatchSpec(
     task="decoder_task",
     concatenated=True,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceIds:
+    """What a decoder-only model's sequences begin and end with (its tokenizer's ids, HF's
+    bos_token_id / eos_token_id): BOS first (None: no BOS, the prompt starts the
+    sequence), EOS after the response."""
+
+    bos_id: int | None
+    eos_id: int

@@ -12,6 +12,7 @@ LoRA layers (Levanter's is Equinox/Haliax, MaxText's is not a library).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
+from mtf.model.features import DECODER_ONLY, BatchSpec
 from mtf.model.layers import NEG_INF, Dense, Embed, RMSNorm, constrain, logical_param
 from mtf.model.network import run_layers
 
@@ -54,10 +56,17 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = False
+    # HF's config.json ids: the sequence starts with BOS (None: the vocabulary has none and
+    # the first prompt token starts it) and the response ends with EOS
+    bos_token_id: int | None = 1
+    eos_token_id: int = 2
     dtype: str = "float32"  # activation dtype; parameters are always float32
     remat_policy: str = "none"
     scan_layers: bool = False
+    attention_kernel: str = "xla"  # the only one here (the flash kernel is mT5's so far)
     lora: LoraConfig | None = None
+
+    FAMILY = "llama"  # the "family" key of the saved JSON (a class constant, not a field)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim",
@@ -75,8 +84,17 @@ class LlamaConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise SettingError(f"LlamaConfig.remat_policy={self.remat_policy!r}: use one of "
                                f"{REMAT_POLICIES}")
+        if self.attention_kernel != "xla":
+            raise SettingError(f"LlamaConfig.attention_kernel={self.attention_kernel!r}: the "
+                               "LLaMA network has the XLA attention only; bind 'xla'")
+        if self.eos_token_id <= 0 or (self.bos_token_id is not None and self.bos_token_id <= 0):
+            raise SettingError(f"LlamaConfig bos_token_id={self.bos_token_id}, eos_token_id="
+                               f"{self.eos_token_id}: 0 is padding in mtf's batches; use the "
+                               "tokenizer's ids (None for a vocabulary without BOS)")
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.lora, dict):  # from JSON
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -87,8 +105,39 @@ class LlamaConfig:
         """The network without adapters (the frozen base of a LoRA model)."""
         return self.replace(lora=None)
 
+    @property
+    def uses_dropout(self) -> bool:
+        """Whether training draws dropout masks (the adapters' only: LLaMA has none)."""
+        return self.lora is not None and self.lora.dropout > 0
+
+    @property
+    def without_dropout(self) -> LlamaConfig:
+        return self  # LLaMA has no dropout (LoRA's acts only when the step draws masks)
+
+    @property
+    def for_inference(self) -> LlamaConfig:
+        """The network scoring and decoding run: no remat."""
+        return self.replace(remat_policy="none")
+
+    @property
+    def batch_spec(self) -> BatchSpec:
+        return DECODER_ONLY
+
     def replace(self, **changes: Any) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps({"family": self.FAMILY, **dataclasses.asdict(self)}, indent=2,
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LlamaConfig:
+        fields = {k: v for k, v in json.loads(text).items() if k != "family"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise SettingError(f"unknown LlamaConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**fields)
 
 
 def rope_frequencies(config: LlamaConfig) -> Array:

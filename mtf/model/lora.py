@@ -16,8 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from mtf.errors import SettingError
-from mtf.model.config import T5Config
-from mtf.model.family import family_of
+from mtf.model.family import ModelConfig, family_of
 from mtf.model.params import flat_shapes
 
 Params = dict[str, Any]
@@ -45,13 +44,13 @@ def join(base: Params, adapters: Params) -> Params:
     return traverse_util.unflatten_dict(flat)
 
 
-def candidates(config: T5Config) -> dict[str, tuple[int, ...]]:
+def candidates(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The kernels LoRA may target, T5X name -> shape (of this config's tree)."""
     return {name: shape for name, shape in flat_shapes(config.base).items()
             if _CANDIDATE.search("/" + name)}
 
 
-def targeted(config: T5Config) -> dict[str, tuple[int, ...]]:
+def targeted(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The kernels that get adapters, name -> shape; errors name what could have matched
     (a pattern that matches nothing) or the kernel a rank does not fit."""
     lora = config.lora
@@ -79,7 +78,7 @@ def count(adapters: Params) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(adapters)))
 
 
-def merge(params: Params, config: T5Config) -> Params:
+def merge(params: Params, config: ModelConfig) -> Params:
     """The plain model's tree: each kernel W + (alpha / r) A B in float32, adapters dropped
     (a checkpoint any mT5 code can load: no adapter code needed)."""
     if config.lora is None:
@@ -109,7 +108,7 @@ def unscan_adapters(adapters: Params) -> Params:
     return traverse_util.unflatten_dict(out)
 
 
-def scan_adapters(adapters: Params, config: T5Config) -> Params:
+def scan_adapters(adapters: Params, config: ModelConfig) -> Params:
     """Inverse of `unscan_adapters` (every layer of a stack must have the adapter: a scanned
     tree holds one for all)."""
     layers = family_of(config).layer_stacks

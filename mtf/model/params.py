@@ -10,42 +10,41 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from mtf.model.config import T5Config
-from mtf.model.family import family_of
+from mtf.model.family import ModelConfig, family_of
 
 Params = dict[str, Any]
 
 
-def _boxed_init(config: T5Config, rng: jax.Array) -> Params:
+def _boxed_init(config: ModelConfig, rng: jax.Array) -> Params:
     return family_of(config).boxed_params(rng)
 
 
-def init_params(config: T5Config, rng: jax.Array) -> Params:
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
     """Randomly initialised float32 parameters (T5X's initialisers)."""
     return nn.meta.unbox(_boxed_init(config, rng))
 
 
-def _abstract_boxed(config: T5Config) -> Params:
+def _abstract_boxed(config: ModelConfig) -> Params:
     return jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
 
 
-def abstract_params(config: T5Config) -> Params:
+def abstract_params(config: ModelConfig) -> Params:
     """The parameter tree as ShapeDtypeStructs, without allocating anything."""
     return nn.meta.unbox(_abstract_boxed(config))
 
 
-def logical_axes(config: T5Config) -> Params:
+def logical_axes(config: ModelConfig) -> Params:
     """The tree of logical-axis PartitionSpecs, one per parameter."""
     return nn.get_partition_spec(_abstract_boxed(config))
 
 
-def flat_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+def flat_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """'encoder/layers_0/attention/query/kernel' -> shape, for checking checkpoints."""
     flat = traverse_util.flatten_dict(abstract_params(config), sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def scan_params(params: Params, config: T5Config) -> Params:
+def scan_params(params: Params, config: ModelConfig) -> Params:
     """Stacks `layers_N` subtrees into one `layers` subtree with a leading layer axis."""
     out = dict(params)
     for stack, depth in family_of(config).layer_stacks.items():
@@ -57,7 +56,7 @@ def scan_params(params: Params, config: T5Config) -> Params:
     return out
 
 
-def unscan_params(params: Params, config: T5Config) -> Params:
+def unscan_params(params: Params, config: ModelConfig) -> Params:
     """Inverse of `scan_params`."""
     out = dict(params)
     for stack, depth in family_of(config).layer_stacks.items():
