@@ -15,10 +15,10 @@ SMALL = {"MIXTURE_OR_TASK_NAME": "'mini_xp3_smoke'",
          "KEEP_CHECKPOINTS": "None", "EVAL_PERIOD": "None"}
 
 
-def launch_args(model_dir, gin_files=(), **overrides):
-    """mt0_tiny.gin, then `gin_files` (e.g. runs/lora.gin), then the bindings."""
+def launch_args(model_dir, gin_files=(), recipe="gin/mt0_tiny.gin", **overrides):
+    """`recipe` (mt0_tiny.gin), then `gin_files` (e.g. runs/lora.gin), then the bindings."""
     bindings = {**SMALL, "MODEL_DIR": str(model_dir), **overrides}
-    files = ["--gin_file=gin/mt0_tiny.gin"] + [f"--gin_file={f}" for f in gin_files]
+    files = [f"--gin_file={recipe}"] + [f"--gin_file={f}" for f in gin_files]
     return [sys.executable, "-m", "mtf.launch", *files] + [
         f"--gin.{k}={v}" for k, v in bindings.items()]
 
@@ -59,4 +59,4 @@ def wait_for_step(model_dir, step, process, timeout=300):
 
 def last_losses(model_dir):
     """{step: loss}, the last logged value of each step (a resumed run logs again)."""
-    return {m["step"]: m["loss"] for m in metrics(model_dir)}
+    return {m["step"]: m["loss"] for m in metrics(model_dir) if "loss" in m}

@@ -1,0 +1,136 @@
+"""Decoder-only training data and runs: the feature converter's sequences, their agreement
+with how scoring reads a prompt, and the tiny x-LLaMA recipe through mtf.launch."""
+
+import json
+import re
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtf.data.decoder_only import DecoderOnlyFeatureConverter
+from mtf.model import LlamaConfig, family_of, init_params
+from tests.train_helpers import last_losses, metrics, run, start, wait_for_step
+
+IDS = {"targets_language": "decoder_language", "targets_task": "decoder_task"}
+EXAMPLES = [{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1], "targets_language": [4, 4, 4],
+             "targets_task": [2, 2, 2]},
+            {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1], "targets_language": [5, 5],
+             "targets_task": [3, 3]}]
+LENGTHS = {"inputs": 7, "targets": 8, "targets_language": 8, "targets_task": 8}
+
+
+def converted(pack, bos, loss_on_prompt=False, examples=EXAMPLES, lengths=LENGTHS):
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(examples),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in examples[0]})
+    converter = DecoderOnlyFeatureConverter(pack, bos, 1, loss_on_prompt, IDS)
+    return [{k: v.tolist() for k, v in b.items()}
+            for b in converter(ds, lengths).as_numpy_iterator()]
+
+
+def test_one_sequence_per_example_with_bos_and_the_loss_on_the_response():
+    """BOS + prompt (its EOS dropped) + response + EOS, read shifted by one; the weights
+    and the language/task ids on the positions that predict the response."""
+    first, second = converted(pack=False, bos=11)
+    pad = [0] * 9
+    assert first["decoder_input_tokens"] == [11, 7, 8, 5, 3, 9] + pad
+    assert first["decoder_target_tokens"] == [7, 8, 5, 3, 9, 1] + pad
+    assert first["decoder_loss_weights"] == [0, 0, 0, 1, 1, 1] + pad
+    assert first["decoder_language"] == [0, 0, 0, 4, 4, 4] + pad
+    assert second["decoder_task"] == [0, 0, 0, 0, 3, 3] + pad
+    # no BOS (T5-style vocabularies): the first prompt token starts the sequence
+    (first, _) = converted(pack=False, bos=None)
+    assert first["decoder_input_tokens"][:5] == [7, 8, 5, 3, 9]
+    assert first["decoder_loss_weights"][:5] == [0, 0, 1, 1, 1]
+    # LOSS_ON_PROMPT: every real position, the example's ids over the prompt too
+    (first, _) = converted(pack=False, bos=11, loss_on_prompt=True)
+    assert first["decoder_loss_weights"] == [1] * 6 + pad
+    assert first["decoder_language"] == [4] * 6 + pad
+
+
+def test_packed_examples_keep_their_weights_ids_segments_and_positions():
+    (packed,) = converted(pack=True, bos=11)
+    assert packed["decoder_input_tokens"] == [11, 7, 8, 5, 3, 9, 11, 8, 4, 9, 3, 4, 0, 0, 0]
+    assert packed["decoder_target_tokens"] == [7, 8, 5, 3, 9, 1, 8, 4, 9, 3, 4, 1, 0, 0, 0]
+    assert packed["decoder_loss_weights"] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0]
+    assert packed["decoder_language"] == [0, 0, 0, 4, 4, 4, 0, 0, 0, 0, 5, 5, 0, 0, 0]
+    assert packed["decoder_segment_ids"] == [1] * 6 + [2] * 6 + [0] * 3
+    assert packed["decoder_positions"] == list(range(6)) * 2 + [0] * 3
+
+
+@pytest.mark.parametrize("bos", [None, 1])
+def test_training_sequences_and_rank_classification_read_a_prompt_alike(bos):
+    """The loss the train step takes on a converted example equals minus the score that
+    rank classification gives its response after its prompt (seqio's features: the
+    prompt and the response each end with EOS): training and scoring see one sequence."""
+    from mtf.eval import scoring
+
+    eos = 2
+    config = LlamaConfig(vocab_size=64, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                         mlp_dim=48, num_layers=2, bos_token_id=bos, eos_token_id=eos)
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    prompt = list(rng.integers(3, 64, 6)) + [eos]
+    response = list(rng.integers(3, 64, 4)) + [eos]
+    example = [{"inputs": prompt, "targets": response}]
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(example), output_signature={k: tf.TensorSpec([None], tf.int32)
+                                                 for k in example[0]})
+    (batch,) = DecoderOnlyFeatureConverter(False, bos, eos)(
+        ds, {"inputs": 8, "targets": 6}).as_numpy_iterator()
+    family = family_of(config)
+    hidden = family.hidden_states(params, {k: jnp.asarray(v[None]) for k, v in batch.items()},
+                                  None)
+    kernel, _, _ = family.output_projection(params)
+    log_probs = jax.nn.log_softmax(hidden[0] @ kernel)
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    trained = sum(float(log_probs[i, t]) for i, t in enumerate(targets) if weights[i])
+    assert weights.sum() == len(response)
+    prompts = np.zeros((1, 9), np.int32)
+    prompts[0, :len(prompt)] = prompt
+    row_targets = np.zeros((1, 6), np.int32)
+    row_targets[0, :len(response)] = response
+    sums, counts = scoring.score_rows(params, jnp.asarray(prompts), jnp.zeros(1, jnp.int32),
+                                      jnp.asarray(row_targets), config=config, chunks=1)
+    assert int(counts[0]) == len(response)
+    assert float(sums[0]) == pytest.approx(trained, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_tiny_x_llama_recipe_trains_evaluates_and_resumes_after_kill_9(tmp_path):
+    """gin/xllama_tiny.gin through mtf.launch: the loss falls, per-language losses are
+    logged, the held-out evaluation ranks answer choices through the decoder-only family,
+    and a run killed with -9 resumes with the uninterrupted losses."""
+    recipe = {"recipe": "gin/xllama_tiny.gin", "WARMUP_STEPS": "2"}
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    result = run(reference_dir, EVAL_PERIOD="20", EVAL_MIXTURE="'mini_xp3_heldout_ig'",
+                 EVAL_MAX_EXAMPLES="4", **recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = last_losses(reference_dir)
+    assert sorted(reference) == list(range(1, 21))
+    assert np.mean([reference[s] for s in range(16, 21)]) < reference[1] - 1.0, reference
+    logged = [r for r in metrics(reference_dir) if "loss" in r]
+    assert any(k.startswith("loss/") and k[5:] in ("sw", "yo", "hi") for r in logged
+               for k in r)
+    results = json.loads((reference_dir / "eval" / "step_20" / "results.json").read_text())
+    assert results["results"]["term_to_english"]["ig"]["median"]["accuracy"] >= 0.0
+    config = json.loads((reference_dir / "checkpoints" / "20" / "config" / "metadata")
+                        .read_text())
+    assert config["family"] == "llama" and config["num_kv_heads"] == 2
+
+    process = start(killed_dir, **recipe)
+    wait_for_step(killed_dir, 13, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run(killed_dir, **recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_from = re.search(r"resumed from step (\d+)", result.stdout)
+    assert resumed_from and int(resumed_from[1]) in (5, 10), result.stdout[-2000:]
+    first = int(resumed_from[1]) + 1
+    resumed = last_losses(killed_dir)
+    np.testing.assert_allclose([resumed[s] for s in range(first, 21)],
+                               [reference[s] for s in range(first, 21)], rtol=1e-6)
