@@ -30,6 +30,7 @@ from mtf import cli, partitioning, storage
 from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
+from mtf.model.family import check_vocabulary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,15 +108,18 @@ def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[l
 
 
 def _setup(args):
-
-
+    """The checkpoint (adapters merged), the mesh, its placed parameters and the vocabulary
+    (refused, naming both, when it does not fit the model)."""
     loaded = load_checkpoint(args.checkpoint, setting="--checkpoint", adapter=args.adapter)
     mesh = partitioning.make_mesh((-1, 1, 1))
     if args.batch_size % jax.device_count():
         raise SettingError(f"--batch_size {args.batch_size} must be a multiple of the "
                            f"{jax.device_count()} devices")
+    vocab = _vocabulary(args, loaded.vocabulary)
+    check_vocabulary(loaded.config, vocab.vocab_size, vocab.eos_id,
+                     getattr(vocab, "source", "given"))
     params = partitioning.place_params(loaded.params, loaded.config, mesh)
-    return loaded, mesh, params, _vocabulary(args, loaded.vocabulary)
+    return loaded, mesh, params, vocab
 
 
 def generate(args: argparse.Namespace) -> int:

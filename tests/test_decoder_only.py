@@ -134,3 +134,101 @@ def test_the_tiny_x_llama_recipe_trains_evaluates_and_resumes_after_kill_9(tmp_p
     resumed = last_losses(killed_dir)
     np.testing.assert_allclose([resumed[s] for s in range(first, 21)],
                                [reference[s] for s in range(first, 21)], rtol=1e-6)
+
+
+def _hf_llama_folder(path):
+    """A random HF LLaMA over the embedded SentencePiece vocabulary (T5-style ids: no BOS,
+    EOS 1), saved as transformers saves it, the tokenizer beside it."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
+    from tasks import mini_xp3
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(HFLlamaConfig(
+        vocab_size=4224, hidden_size=48, intermediate_size=72, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=10, num_hidden_layers=2, bos_token_id=None,
+        eos_token_id=1, pad_token_id=0, initializer_range=0.2,
+        attn_implementation="eager")).eval()
+    model.save_pretrained(path, max_shard_size="200KB")
+    shutil.copy(mini_xp3.VOCABULARY_PATH, path / "tokenizer.model")
+    return model, mini_xp3.vocabulary()
+
+
+def test_an_hf_llama_folder_scores_generates_and_converts_through_the_clis(tmp_path, capsys):
+    """`mtf.infer score|generate --checkpoint HF_DIR` reads the family from config.json and
+    the tokenizer beside the weights, and answers as HF does (scores: log-likelihood of the
+    choice and EOS after the prompt; greedy: `generate`'s tokens); `mtf.convert` takes the
+    folder to an mtf directory and back to one that transformers loads with equal logits."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from mtf import infer
+    from mtf.convert import __main__ as convert
+
+    hf_dir = tmp_path / "hf"
+    model, vocab = _hf_llama_folder(hf_dir)
+    question = tmp_path / "q.jsonl"
+    choices = ["mbwa", "paka", "ndege"]
+    question.write_text(json.dumps({"inputs": "Translate dog into Swahili.",
+                                    "answer_choices": choices}) + "\n")
+    assert infer.main(["score", "--checkpoint", str(hf_dir), "--input_file", str(question),
+                       "--batch_size", "1"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scores"]
+    prompt = list(vocab.encode("Translate dog into Swahili."))
+    expected = []
+    for choice in choices:
+        answer = list(vocab.encode(choice)) + [1]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + answer])).logits[0]
+        log_probs = torch.log_softmax(logits, -1)
+        expected.append(sum(float(log_probs[len(prompt) - 1 + j, t])
+                            for j, t in enumerate(answer)))
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+    assert infer.main(["generate", "--checkpoint", str(hf_dir), "--batch_size", "1",
+                       "--max_decode_length", "6", "Translate dog into Swahili."]) == 0
+    ours = capsys.readouterr().out.strip("\n").splitlines()[-1]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                             eos_token_id=1, pad_token_id=0, bad_words_ids=[[0]])
+    theirs = [t for t in out[0, len(prompt):].tolist()]
+    theirs = theirs[:theirs.index(1)] if 1 in theirs else theirs
+    assert ours == vocab.decode(theirs)
+
+    mtf_dir, back = tmp_path / "mtf", tmp_path / "back"
+    assert convert.main(["--from", "hf", "--to", "mtf", str(hf_dir), str(mtf_dir)]) == 0
+    assert (mtf_dir / "vocabulary.model").exists()
+    assert convert.main(["--from", "mtf", "--to", "hf", str(mtf_dir), str(back)]) == 0
+    assert (back / "tokenizer.model").read_bytes() == (hf_dir / "tokenizer.model").read_bytes()
+    again = LlamaForCausalLM.from_pretrained(back, attn_implementation="eager").eval()
+    tokens = torch.tensor([prompt])
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(tokens).logits.numpy(),
+                                      model(tokens).logits.numpy())
+
+
+def test_a_checkpoint_or_vocabulary_of_another_model_is_refused_naming_both(tmp_path):
+    """A LLaMA folder as the initial checkpoint of an mT5 gin config, and a vocabulary
+    with more ids than the embedding, are refused before anything is compiled."""
+    from mtf.convert.errors import CheckpointError
+    from mtf.convert.loading import load_initial_params
+    from mtf.errors import SettingError
+    from mtf.model import T5Config
+    from mtf.model.family import check_vocabulary
+
+    hf_dir = tmp_path / "hf"
+    _hf_llama_folder(hf_dir)
+    mt5 = T5Config(vocab_size=4224, emb_dim=32, num_heads=2, num_encoder_layers=1,
+                   num_decoder_layers=1, head_dim=16, mlp_dim=64)
+    with pytest.raises(CheckpointError, match=r"is a LLaMA: vocab 4224.*asks for mT5: vocab"):
+        load_initial_params(str(hf_dir), mt5)
+    llama = LlamaConfig(vocab_size=4000, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
+                        mlp_dim=48, num_layers=1, bos_token_id=None, eos_token_id=1)
+    with pytest.raises(SettingError, match="has 4196 ids but the model's embedding has 4000"):
+        check_vocabulary(llama, 4196, 1, "mini_xp3.model")
+    with pytest.raises(SettingError, match="ends sequences with id 1 but the model's EOS is 2"):
+        check_vocabulary(llama.replace(vocab_size=4224, eos_token_id=2), 4196, 1, "x.model")

@@ -44,7 +44,7 @@ from mtf.convert import (
     save_params,
 )
 from mtf.convert.errors import CheckpointError
-from mtf.convert.loading import load_checkpoint
+from mtf.convert.loading import load_checkpoint, stored_vocabulary
 from mtf.model import lora
 
 
@@ -83,12 +83,14 @@ def _convert(args: argparse.Namespace) -> int:
     vocabulary = args.vocabulary
     if args.source_format == "hf":
         config, params = load_hf(args.source)
+        vocabulary = vocabulary or stored_vocabulary(args.source)
     elif args.source_format == "mtf":
         step_dir = training_step(args.source, args.step)
         if step_dir is not None:
             print(f"reading training step {step_dir}")
             vocabulary = vocabulary or step_vocabulary(step_dir)
         config, params = load_params(step_dir or args.source)
+        vocabulary = vocabulary or (None if step_dir else stored_vocabulary(args.source))
     else:
         target = read_t5x_tree(args.source)["optimizer"].get("target", {})
         config = infer_config(target, relative_attention_max_distance=args.max_distance)
@@ -109,7 +111,7 @@ def _write_model(args, config, params, vocabulary) -> None:
             print("no tokenizer written: pass --vocabulary PATH (the SentencePiece model "
                   "the model was trained with)")
     else:
-        save_params(args.target, config, params)
+        save_params(args.target, config, params, vocabulary)
     print(f"wrote {args.target_format} checkpoint to {args.target}")
 
 

@@ -271,9 +271,20 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
     """Writes a directory `transformers` loads with `from_pretrained` (same logits), and
     with `vocabulary` (a SentencePiece model, local or gs://) the tokenizer files that
     `AutoTokenizer.from_pretrained` reads."""
+    path = Path(path)
+    write_safetensors(path, _hf_tensors(config, params), max_shard_bytes)
+    (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    if vocabulary:
+        _save_tokenizer(path, vocabulary)
+    usual_modes(path)
+
+
+def write_safetensors(path: Path, tensors: Iterator[tuple[str, np.ndarray]],
+                      max_shard_bytes: int = 2 << 30) -> None:
+    """HF's weight files: one model.safetensors, or shards of at most `max_shard_bytes`
+    with model.safetensors.index.json (each written under a temporary name first)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     current: dict[str, np.ndarray] = {}
     current_bytes = total = count = 0
@@ -286,7 +297,7 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
         weight_map.update(dict.fromkeys(current, count))
         current, current_bytes = {}, 0
 
-    for name, array in _hf_tensors(config, params):
+    for name, array in tensors:
         if current and current_bytes + array.nbytes > max_shard_bytes:
             flush()
         current[name] = array
@@ -303,12 +314,13 @@ def save_hf(config: T5Config, params: Params, path: str | os.PathLike,
         index = {"metadata": {"total_size": total},
                  "weight_map": {k: file_names[v] for k, v in sorted(weight_map.items())}}
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
-    if vocabulary:
-        _save_tokenizer(path, vocabulary)
+
+
+def usual_modes(path: Path) -> None:
+    """safetensors writes 0600; give the folder's files the modes the umask allows."""
     umask = os.umask(0)
     os.umask(umask)
-    for file in path.iterdir():  # safetensors writes 0600; give them the usual modes
+    for file in path.iterdir():
         if file.is_file():
             file.chmod(0o666 & ~umask)
 

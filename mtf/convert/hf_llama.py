@@ -7,6 +7,7 @@ mapping is a table (`_LAYER_NAMES`) read in both directions.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.convert.hf import TensorSource, read_config
+from mtf.convert.hf import TensorSource, read_config, usual_modes, write_safetensors
 from mtf.model.llama import LlamaConfig, RopeScaling
-from mtf.model.params import flat_shapes
+from mtf.model.params import flat_shapes, unscan_params
 
 Params = dict[str, Any]
 
@@ -139,3 +141,45 @@ def params_to_hf(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
     return {hf: np.ascontiguousarray(np.asarray(flat[mtf], np.float32).T if transposed
                                      else np.asarray(flat[mtf], np.float32))
             for mtf, hf, transposed in _hf_names(config)}
+
+
+def config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """HF's config.json for `config` (`LlamaForCausalLM`, float32 weights)."""
+    out: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": config.vocab_size, "hidden_size": config.emb_dim,
+        "intermediate_size": config.mlp_dim, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim, "rms_norm_eps": config.rms_norm_eps,
+        "hidden_act": "silu", "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+        "rope_theta": config.rope_theta,
+    }
+    if config.rope_scaling is not None:
+        s = config.rope_scaling
+        out["rope_scaling"] = {"rope_type": "llama3", "factor": s.factor,
+                               "low_freq_factor": s.low_freq_factor,
+                               "high_freq_factor": s.high_freq_factor,
+                               "original_max_position_embeddings":
+                                   s.original_max_position_embeddings}
+    return out
+
+
+def save_hf_llama(config: LlamaConfig, params: Params, path: str | os.PathLike,
+                  max_shard_bytes: int = 2 << 30, vocabulary: str | None = None) -> None:
+    """A folder `LlamaForCausalLM.from_pretrained` loads (same logits): config.json and
+    safetensors (sharded with their index past `max_shard_bytes`); with `vocabulary` (a
+    SentencePiece model) the tokenizer as `LlamaTokenizer` saves it."""
+    path = Path(path)
+    if config.scan_layers:
+        params = unscan_params(params, config.replace(scan_layers=False))
+        config = config.replace(scan_layers=False)
+    write_safetensors(path, iter(params_to_hf(params, config).items()), max_shard_bytes)
+    (path / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+    if vocabulary:
+        (path / "tokenizer.model").write_bytes(storage.read_bytes(vocabulary))
+        (path / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "LlamaTokenizer", "add_bos_token": config.bos_token_id
+             is not None, "add_eos_token": False, "legacy": True}, indent=2))
+    usual_modes(path)

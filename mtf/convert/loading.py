@@ -17,21 +17,21 @@ from flax import traverse_util
 from mtf import checkpoint, storage
 from mtf.convert import adapters, native
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.convert.hf import load_hf
+from mtf.convert.hf_models import load_hf_model as load_hf
 from mtf.convert.t5x import infer_config, load_t5x, read_t5x_tree
-from mtf.model import T5Config, flat_shapes, scan_params
+from mtf.model import LlamaConfig, ModelConfig, flat_shapes, scan_params
 
 
 @dataclasses.dataclass
 class LoadedCheckpoint:
-    config: T5Config
+    config: ModelConfig
     params: Any  # float32 numpy, the config's layout
     vocabulary: str | None  # the SentencePiece model stored with it, if any
     source: str  # the folder actually read (a MODEL_DIR's newest step)
     adapter_source: str | None = None  # the adapters merged into it (their step folder)
 
 
-def load_checkpoint(path: str, config: T5Config | None = None,
+def load_checkpoint(path: str, config: ModelConfig | None = None,
                     setting: str = "CHECKPOINT_PATH", adapter: str | None = None
                     ) -> LoadedCheckpoint:
     """(config, params, vocabulary) of an mtf MODEL_DIR / step / parameter folder, a T5X
@@ -52,7 +52,7 @@ def load_checkpoint(path: str, config: T5Config | None = None,
     return loaded
 
 
-def _load_model(path: str, config: T5Config | None, setting: str) -> LoadedCheckpoint:
+def _load_model(path: str, config: ModelConfig | None, setting: str) -> LoadedCheckpoint:
     if not storage.exists(path):
         raise CheckpointError(f"{setting}={path} does not exist")
     step_dir = checkpoint.training_step(path)
@@ -61,7 +61,7 @@ def _load_model(path: str, config: T5Config | None, setting: str) -> LoadedCheck
     if config is not None:
         params = load_initial_params(source, config, setting)
         if vocabulary is None:
-            vocabulary = _stored_vocabulary(source)
+            vocabulary = stored_vocabulary(source)
         return LoadedCheckpoint(config, params, vocabulary, source)
     fmt = detect_format(source, setting)
     if fmt == "mtf":
@@ -71,13 +71,19 @@ def _load_model(path: str, config: T5Config | None, setting: str) -> LoadedCheck
     else:
         loaded = infer_config(read_t5x_tree(source)["optimizer"]["target"])
         params = load_t5x(source, loaded)
-    return LoadedCheckpoint(loaded, params, vocabulary or _stored_vocabulary(source), source)
+    return LoadedCheckpoint(loaded, params, vocabulary or stored_vocabulary(source), source)
 
 
-def _stored_vocabulary(path: str) -> str | None:
-    """spiece.model beside HF weights (written by `mtf.convert --to hf`)."""
-    candidate = storage.join(path, "spiece.model")
-    return candidate if storage.isdir(path) and storage.exists(candidate) else None
+def stored_vocabulary(path: str) -> str | None:
+    """The SentencePiece model beside the weights: spiece.model (mT5) or tokenizer.model
+    (LLaMA) in an HF folder, vocabulary.model in an mtf parameter folder."""
+    if not storage.isdir(path):
+        return None
+    for name in ("spiece.model", "tokenizer.model", native.VOCABULARY_FILE):
+        candidate = storage.join(path, name)
+        if storage.exists(candidate):
+            return candidate
+    return None
 
 
 def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
@@ -100,12 +106,15 @@ def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
                           f"checkpoint (found {sorted(names)[:10]})")
 
 
-def _shape_summary(c: T5Config) -> str:
-    return (f"vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}x{c.head_dim}, "
+def _shape_summary(c: ModelConfig) -> str:
+    if isinstance(c, LlamaConfig):
+        return (f"LLaMA: vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads} over "
+                f"{c.num_kv_heads} kv x {c.head_dim}, mlp {c.mlp_dim}, layers {c.num_layers}")
+    return (f"mT5: vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}x{c.head_dim}, "
             f"mlp {c.mlp_dim}, layers {c.num_encoder_layers}/{c.num_decoder_layers}")
 
 
-def load_initial_params(path: str, config: T5Config,
+def load_initial_params(path: str, config: ModelConfig,
                         setting: str = "INITIAL_CHECKPOINT_PATH") -> Any:
     """Params only (float32 numpy) from an mtf, T5X or HF checkpoint, checked against config."""
     if storage.exists(path):
@@ -115,11 +124,16 @@ def load_initial_params(path: str, config: T5Config,
     if fmt == "t5x":
         return load_t5x(path, config)
     loaded_config, params = native.load_params(path) if fmt == "mtf" else load_hf(path)
+    if type(loaded_config) is not type(config):
+        raise CheckpointError(
+            f"{setting}={path} is a {_shape_summary(loaded_config)} model, but the gin "
+            f"config asks for {_shape_summary(config)}: include the gin/models/ file of the "
+            "checkpoint's family")
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
         flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),
         f"{setting}={path} (a model of {_shape_summary(loaded_config)}; the gin "
-        f"config asks for {_shape_summary(config)}: include the matching gin/models/mt5_*.gin)")
+        f"config asks for {_shape_summary(config)}: include the matching gin/models/ file)")
     if config.scan_layers and not loaded_config.scan_layers:
         params = scan_params(params, config.replace(scan_layers=False))
     return params

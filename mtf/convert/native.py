@@ -1,6 +1,7 @@
 """mtf's own parameter checkpoints: an Orbax PyTree of params beside the model's config.json.
 
-Layout of a directory: `config.json` (T5Config) and `params/` (Orbax, float32). A training
+Layout of a directory: `config.json` (the model config), `params/` (Orbax, float32) and
+the tokenizer's SentencePiece model as `vocabulary.model` when known. A training
 run's step (its layout is `mtf.checkpoint`'s) is read too: only its parameters are restored.
 Paths may be local or gs:// (`mtf.storage`).
 """
@@ -15,14 +16,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from mtf import checkpoint
+from mtf import checkpoint, storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.model import T5Config, abstract_params, flat_shapes
+from mtf.model import ModelConfig, abstract_params, config_from_json, flat_shapes
 
 Params = dict[str, Any]
 
 
-def save_params(path: str | os.PathLike, config: T5Config, params: Params) -> None:
+VOCABULARY_FILE = "vocabulary.model"
+
+
+def save_params(path: str | os.PathLike, config: ModelConfig, params: Params,
+                vocabulary: str | None = None) -> None:
+    """config.json, params/ and, given one, the SentencePiece model as vocabulary.model
+    (what evaluation and inference read by default)."""
     path = checkpoint.resolved_path(path)
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
@@ -32,9 +39,11 @@ def save_params(path: str | os.PathLike, config: T5Config, params: Params) -> No
         checkpointer.save(path / "params", params, force=True)
         checkpointer.wait_until_finished()
     (path / "config.json").write_text(config.to_json())
+    if vocabulary:
+        (path / VOCABULARY_FILE).write_bytes(storage.read_bytes(vocabulary))
 
 
-def load_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
+def load_params(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
     """(config, float32 params) of a parameter directory or of a training run's step."""
     if checkpoint.is_train_step(path):
         return checkpoint.train_step_params(path)
@@ -44,7 +53,7 @@ def load_params(path: str | os.PathLike) -> tuple[T5Config, Params]:
                               "config.json and params/, as written by save_params) nor a "
                               "training step (MODEL_DIR/checkpoints/<step> with state/ and "
                               "config/)")
-    config = T5Config.from_json((path / "config.json").read_text())
+    config = config_from_json((path / "config.json").read_text())
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.float32),
                           abstract_params(config))
     with ocp.StandardCheckpointer() as checkpointer:

@@ -359,6 +359,20 @@ def config_from_json(text: str) -> ModelConfig:
     return _CONFIGS[family].from_json(text)
 
 
+def check_vocabulary(config: ModelConfig, vocab_size: int, eos_id: int, vocabulary: str
+                     ) -> None:
+    """Refuses, naming both sides, a vocabulary the model cannot read: more ids than its
+    embedding has rows, or an EOS other than the one the model stops at."""
+    if vocab_size > config.vocab_size:
+        raise SettingError(f"the vocabulary {vocabulary} has {vocab_size} ids but the model's "
+                           f"embedding has {config.vocab_size} rows: use the model's own "
+                           "tokenizer (or a model config with a larger vocab_size)")
+    if eos_id != family_of(config).eos_id:
+        raise SettingError(f"the vocabulary {vocabulary} ends sequences with id {eos_id} but "
+                           f"the model's EOS is {family_of(config).eos_id}: use the model's "
+                           "own tokenizer (or set eos_token_id in its config)")
+
+
 def family_of(config: ModelConfig) -> ModelFamily:
     """The family whose network `config` describes."""
     if isinstance(config, T5Config):
