@@ -19,7 +19,7 @@ from mtf.convert import adapters, native
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
 from mtf.convert.hf_models import load_hf_model as load_hf
 from mtf.convert.t5x import infer_config, load_t5x, read_t5x_tree
-from mtf.model import LlamaConfig, ModelConfig, flat_shapes, scan_params
+from mtf.model import BloomConfig, LlamaConfig, ModelConfig, flat_shapes, scan_params
 
 
 @dataclasses.dataclass
@@ -107,6 +107,9 @@ def detect_format(path: str, setting: str = "INITIAL_CHECKPOINT_PATH") -> str:
 
 
 def _shape_summary(c: ModelConfig) -> str:
+    if isinstance(c, BloomConfig):
+        return (f"BLOOM: vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads}, "
+                f"layers {c.num_layers}")
     if isinstance(c, LlamaConfig):
         return (f"LLaMA: vocab {c.vocab_size}, emb {c.emb_dim}, heads {c.num_heads} over "
                 f"{c.num_kv_heads} kv x {c.head_dim}, mlp {c.mlp_dim}, layers {c.num_layers}")

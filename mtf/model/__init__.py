@@ -1,6 +1,7 @@
-"""The networks (mT5: T5.1.1 encoder-decoder; LLaMA: decoder-only) in Flax, with T5X's
+"""The networks (mT5: T5.1.1 encoder-decoder; LLaMA and BLOOM: decoder-only) in Flax, with T5X's
 parameter names, and the model families that the rest of mtf calls."""
 
+from mtf.model.bloom import BloomConfig
 from mtf.model.config import LoraConfig, T5Config
 from mtf.model.family import ModelConfig, config_from_json, family_of
 from mtf.model.features import DECODER_ONLY, ENCODER_DECODER, BatchSpec
@@ -15,7 +16,8 @@ from mtf.model.params import (
     unscan_params,
 )
 
-__all__ = ["DECODER_ONLY", "ENCODER_DECODER", "BatchSpec", "LlamaConfig", "LoraConfig",
+__all__ = ["DECODER_ONLY", "ENCODER_DECODER", "BatchSpec", "BloomConfig", "LlamaConfig",
+           "LoraConfig",
            "ModelConfig", "T5Config", "Transformer", "config_from_json", "family_of",
            "abstract_params", "flat_shapes", "init_params", "logical_axes", "output_projection",
            "scan_params", "unscan_params"]

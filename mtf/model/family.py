@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mtf.errors import SettingError
+from mtf.model.bloom import Bloom, BloomConfig
 from mtf.model.config import T5Config
 from mtf.model.features import DECODER_ONLY, BatchSpec, SequenceIds
 from mtf.model.layers import NEG_INF
@@ -198,23 +199,28 @@ def _real_positions(real: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
-    """LLaMA (`mtf.model.llama`): BOS (where the vocabulary has one), prompt and response
-    in one causal sequence, packed examples kept apart by segment ids (0: padding) with
-    positions reset per example. Scoring and decoding see the prompt as training does
-    (`model_prompts`); generation stops at the config's EOS."""
+    """LLaMA (`mtf.model.llama`) and BLOOM (`mtf.model.bloom`), which take the same calls:
+    BOS (where the vocabulary has one), prompt and response in one causal sequence, packed
+    examples kept apart by segment ids (0: padding) with positions reset per example.
+    Scoring and decoding see the prompt as training does (`model_prompts`); generation
+    stops at the config's EOS."""
 
-    config: LlamaConfig
+    config: LlamaConfig | BloomConfig
 
     @property
     def batch_spec(self) -> BatchSpec:
         return DECODER_ONLY
 
     @property
+    def network(self) -> type[Llama] | type[Bloom]:
+        return Bloom if isinstance(self.config, BloomConfig) else Llama
+
+    @property
     def layer_stacks(self) -> dict[str, int]:
         return {"decoder": self.config.num_layers}
 
     def boxed_params(self, rng: jax.Array) -> Any:
-        return Llama(self.config).init(rng, jnp.ones((1, 1), jnp.int32))["params"]
+        return self.network(self.config).init(rng, jnp.ones((1, 1), jnp.int32))["params"]
 
     def hidden_states(self, params: Any, batch: dict[str, jax.Array],
                       dropout_rng: jax.Array | None) -> jax.Array:
@@ -223,7 +229,7 @@ class DecoderOnly:
         spec = self.batch_spec
         targets = batch[spec.targets]
         segments = batch.get(spec.target_segments, (targets > 0).astype(jnp.int32))
-        return Llama(self.config).apply(
+        return self.network(self.config).apply(
             {"params": params}, batch["decoder_input_tokens"], segments,
             batch.get("decoder_positions"), return_hidden=True)
 
@@ -255,7 +261,7 @@ class DecoderOnly:
         c = self.config
         length = inputs + targets
         proj = 2 * c.emb_dim * (c.num_heads + c.num_kv_heads) * c.head_dim  # q, o; k, v
-        weights = batch * length * (c.num_layers * (proj + 3 * c.emb_dim * c.mlp_dim)
+        weights = batch * length * (c.num_layers * (proj + c.mlp_matrices * c.emb_dim * c.mlp_dim)
                                     + c.emb_dim * c.vocab_size)
         attention = batch * length * c.num_layers * 2 * length * c.num_heads * c.head_dim
         return _train_flops(weights, attention, c.lora is not None)
@@ -271,7 +277,7 @@ class DecoderOnly:
         tokens = jnp.concatenate([rows_prompt, row_targets], axis=1)
         real = tokens > 0
         positions = _real_positions(real)
-        hidden = Llama(self.config).apply(
+        hidden = self.network(self.config.for_inference).apply(
             {"params": params}, tokens, real.astype(jnp.int32), positions, return_hidden=True)
         prompt_length = jnp.sum(rows_prompt > 0, axis=1)
         step = jnp.arange(row_targets.shape[1])
@@ -290,7 +296,7 @@ class DecoderOnly:
             prompts = jnp.repeat(prompts, rows_per_prompt, axis=0)
         rows, width = prompts.shape
         total = width + length
-        model = Llama(self.config.for_inference, cache_length=total)
+        model = self.network(self.config.for_inference, cache_length=total)
         real = prompts > 0
         prompt_length = jnp.sum(real, axis=1)
         filled = jnp.zeros((rows, total), bool).at[:, :width].set(real)
@@ -343,8 +349,8 @@ class DecoderOnly:
         return params["logits_kernel"], self.config.dtype, 1.0
 
 
-ModelConfig = T5Config | LlamaConfig
-_CONFIGS = {LlamaConfig.FAMILY: LlamaConfig}
+ModelConfig = T5Config | LlamaConfig | BloomConfig
+_CONFIGS = {LlamaConfig.FAMILY: LlamaConfig, BloomConfig.FAMILY: BloomConfig}
 
 
 def config_from_json(text: str) -> ModelConfig:
@@ -377,6 +383,6 @@ def family_of(config: ModelConfig) -> ModelFamily:
     """The family whose network `config` describes."""
     if isinstance(config, T5Config):
         return EncoderDecoder(config)
-    if isinstance(config, LlamaConfig):
+    if isinstance(config, LlamaConfig | BloomConfig):
         return DecoderOnly(config)
     raise TypeError(f"no model family for {type(config).__name__}")

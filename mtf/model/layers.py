@@ -45,7 +45,8 @@ LORA_RANK_AXIS = "lora_rank"
 
 
 class Dense(nn.Module):
-    """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X checkpoints.
+    """Linear map over `axis` (bias-free unless `use_bias`: BLOOM's); the kernel is stored
+    2-D as in T5X checkpoints.
 
     With `lora` whose targets match this kernel's name, low-rank adapters `lora_a` [r, in]
     and `lora_b` [r, out] sit beside the kernel (named by the kernel's logical axes, so they
@@ -59,9 +60,19 @@ class Dense(nn.Module):
     kernel_init: Initializer = nn.initializers.variance_scaling(
         1.0, "fan_in", "truncated_normal")
     lora: LoraConfig | None = None
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        y = self._linear(x, deterministic)
+        if not self.use_bias:
+            return y
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        bias = logical_param(self, "bias", nn.initializers.zeros, (int(np.prod(features)),),
+                             (self.kernel_axes[1],))
+        return y + jnp.reshape(bias.astype(self.dtype), features)
+
+    def _linear(self, x: Array, deterministic: bool) -> Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axis = tuple(a % x.ndim for a in axis)
@@ -114,6 +125,23 @@ class Embed(nn.Module):
     def attend(self, x: Array) -> Array:
         """Logits by dot product with the embedding table (T5 v1.0 tied logits)."""
         return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm with mean subtraction, scale and bias (BLOOM's), computed in float32."""
+
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * lax.rsqrt(var + self.epsilon)
+        scale = logical_param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        bias = logical_param(self, "bias", nn.initializers.zeros, (x.shape[-1],), ("embed",))
+        return (y * scale + bias).astype(self.dtype)
 
 
 class RMSNorm(nn.Module):

@@ -67,6 +67,7 @@ class LlamaConfig:
     lora: LoraConfig | None = None
 
     FAMILY = "llama"  # the "family" key of the saved JSON (a class constant, not a field)
+    mlp_matrices = 3  # gate, up, down (FLOPs)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads", "head_dim",
