@@ -30,7 +30,7 @@ from mtf import cli, partitioning, storage
 from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError
 from mtf.eval import decoding, scoring
-from mtf.model.family import check_vocabulary
+from mtf.model.family import check_vocabulary, text_ids
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,7 +116,7 @@ def _setup(args):
         raise SettingError(f"--batch_size {args.batch_size} must be a multiple of the "
                            f"{jax.device_count()} devices")
     vocab = _vocabulary(args, loaded.vocabulary)
-    check_vocabulary(loaded.config, vocab.vocab_size, vocab.eos_id,
+    check_vocabulary(loaded.config, text_ids(vocab), vocab.eos_id,
                      getattr(vocab, "source", "given"))
     params = partitioning.place_params(loaded.params, loaded.config, mesh)
     return loaded, mesh, params, vocab

@@ -188,7 +188,7 @@ def kernel_costs(hlo: str) -> dict[str, Any]:
     return {"flops": flops, "bytes": moved, "uncounted": uncounted}
 
 
-def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
+def _depth_probe_costs(config: Any, mesh: Any, depths: dict[str, int],
                        optimizer_only: bool) -> dict[str, float]:
     """Cost of one microbatch's step (or the optimizer update alone) at a reduced depth,
     compiled without loops: layers unscanned, loss chunks unrolled."""
@@ -197,8 +197,7 @@ def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
 
     from mtf import run_setup  # jax: after _environment chose the slice's devices
 
-    model = config.model_config.replace(scan_layers=False, num_encoder_layers=depths[0],
-                                        num_decoder_layers=depths[1])
+    model = config.at_depths(depths).model_config.replace(scan_layers=False)
     probe_config = config.replace(
         model_config=model, num_microbatches=1,
         batch_size=config.batch_size // config.num_microbatches,
@@ -216,22 +215,24 @@ def _depth_probe_costs(config: Any, mesh: Any, depths: tuple[int, int],
 def loop_free_cost(config: Any, mesh: Any) -> dict[str, float]:
     """Per-device FLOPs and HBM bytes of one step as if nothing were a loop.
 
-    XLA counts a loop body once, so the step is compiled without loops at depths (1, 1),
-    (2, 1) and (1, 2) encoder/decoder layers, and the cost extended linearly to the full
-    depth (every layer is the same program; `test_plan` checks the extension against a
-    full unscanned compile). k microbatches cost k one-microbatch steps less k - 1
-    optimizer updates (extended the same way).
+    XLA counts a loop body once, so the step is compiled without loops with one layer in
+    every stack of the model's family (mT5: encoder, decoder; decoder-only: one), then
+    with two in each stack in turn, and the cost extended linearly to the full depth
+    (every layer is the same program; `test_plan` checks the extension against a full
+    unscanned compile). k microbatches cost k one-microbatch steps less k - 1 optimizer
+    updates (extended the same way).
     """
-    model = config.model_config
-    depth = (model.num_encoder_layers, model.num_decoder_layers)
+    depth = config.layer_stacks
+    ones = dict.fromkeys(depth, 1)
 
     def extended(optimizer_only: bool) -> dict[str, float]:
-        base, enc, dec = (_depth_probe_costs(config, mesh, d, optimizer_only)
-                          for d in ((1, 1), (2, 1), (1, 2)))
-        return {key: base[key] + (depth[0] - 1) * (enc[key] - base[key])
-                + (depth[1] - 1) * (dec[key] - base[key])
-                for key in base if key != "uncounted_kernels"} | {
-                    "uncounted_kernels": sorted(set(base["uncounted_kernels"]))}
+        base = _depth_probe_costs(config, mesh, ones, optimizer_only)
+        out = {key: base[key] for key in base if key != "uncounted_kernels"}
+        for stack, layers in depth.items():
+            deeper = _depth_probe_costs(config, mesh, {**ones, stack: 2}, optimizer_only)
+            for key in out:
+                out[key] += (layers - 1) * (deeper[key] - base[key])
+        return out | {"uncounted_kernels": sorted(set(base["uncounted_kernels"]))}
 
     step_cost = extended(False)
     k = config.num_microbatches

@@ -111,6 +111,15 @@ class RunConfig:
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def layer_stacks(self) -> dict[str, int]:
+        """The model's stacks of identical layers and their depths (mT5: encoder, decoder)."""
+        return family_of(self.model_config).layer_stacks
+
+    def at_depths(self, depths: dict[str, int]) -> RunConfig:
+        """The same run with the model's stacks at these depths (the planner's probes)."""
+        return self.replace(model_config=family_of(self.model_config).with_layers(depths))
+
 
 def from_gin() -> RunConfig:
     """The run the parsed gin files describe (gin/runs/finetune.gin binds every field)."""

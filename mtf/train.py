@@ -34,7 +34,7 @@ from mtf.data import batches, records, seqio_tasks
 from mtf.errors import UserError
 from mtf.eval import evaluation, report, validation
 from mtf.model import ModelConfig
-from mtf.model.family import check_vocabulary
+from mtf.model.family import check_vocabulary, text_ids
 from mtf.run_config import RunConfig
 
 
@@ -224,7 +224,7 @@ def train(config: RunConfig) -> TrainResult:
     try:
         provider = batches.provider(data)  # fails before any compiling if not registered
         vocabulary = provider.output_features["targets"].vocabulary
-        check_vocabulary(model_config, vocabulary.vocab_size, vocabulary.eos_id,
+        check_vocabulary(model_config, text_ids(vocabulary), vocabulary.eos_id,
                          batches.vocabulary_file(data) or f"of {data.mixture_or_task_name}")
         task_names = seqio_tasks.task_names(provider)
         batches.token_cache_of(data)  # and if the token cache is stale or damaged

@@ -172,6 +172,25 @@ def test_the_mt0_xxl_lora_recipe_fits_one_v4_8_host(tmp_path):
     check_memory_figures(report)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_file,topology,frozen", [
+    ("gin/xllama_7b.gin", "v4-32", False), ("gin/xllama_7b_lora.gin", "v4-8", True)])
+def test_the_x_llama_7b_recipes_fit_their_slices(tmp_path, gin_file, topology, frozen):
+    """x-LLaMA's CoIT on LLaMA-7B (batch 128 of 512 tokens, AdamW): full finetuning on a
+    v4-32 and LoRA on one v4-8 host, each with at least 15% of HBM to spare."""
+    done, report = plan(tmp_path, f"--gin_file={gin_file}", f"--topology={topology}",
+                        "--gin.INITIAL_CHECKPOINT_PATH='gs://bucket/llama-7b'", "--no_cost",
+                        "--min_headroom=0.15")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert report["compiled_by"].startswith("the TPU compiler") and report["fits"]
+    assert report["headroom"] >= 0.15 and report["batch"] == 128
+    parameters = 6.74e9  # LLaMA-7B
+    held = report["frozen_bytes"] if frozen else report["params_bytes"]
+    assert held == pytest.approx(parameters * (2 if frozen else 4) / report["devices"],
+                                 rel=0.02)
+    check_memory_figures(report)
+
+
 def test_the_plan_counts_what_xla_cannot_see_inside_pallas_kernels(tmp_path):
     """XLA's cost analysis counts a Pallas call without a cost estimate as nothing (the
     flash-attention backward kernels); the plan adds mtf's model of the flash kernels and

@@ -40,6 +40,9 @@ class ModelFamily(Protocol):
     @property
     def layer_stacks(self) -> dict[str, int]: ...
 
+    def with_layers(self, depths: dict[str, int]) -> Any:
+        """The config with these stacks at these depths (the planner's depth probes)."""
+
     def boxed_params(self, rng: jax.Array) -> Any: ...
 
     def hidden_states(self, params: Any, batch: dict[str, jax.Array],
@@ -90,6 +93,10 @@ class EncoderDecoder:
         """Each stack of identical layers (scanned as one) and its depth."""
         return {"encoder": self.config.num_encoder_layers,
                 "decoder": self.config.num_decoder_layers}
+
+    def with_layers(self, depths: dict[str, int]) -> T5Config:
+        names = {"encoder": "num_encoder_layers", "decoder": "num_decoder_layers"}
+        return self.config.replace(**{names[k]: v for k, v in depths.items()})
 
     def boxed_params(self, rng: jax.Array) -> Any:
         """Initialised parameters, still boxed with their logical axes (flax)."""
@@ -218,6 +225,9 @@ class DecoderOnly:
     @property
     def layer_stacks(self) -> dict[str, int]:
         return {"decoder": self.config.num_layers}
+
+    def with_layers(self, depths: dict[str, int]) -> LlamaConfig | BloomConfig:
+        return self.config.replace(num_layers=depths["decoder"])
 
     def boxed_params(self, rng: jax.Array) -> Any:
         return self.network(self.config).init(rng, jnp.ones((1, 1), jnp.int32))["params"]
@@ -365,10 +375,17 @@ def config_from_json(text: str) -> ModelConfig:
     return _CONFIGS[family].from_json(text)
 
 
+def text_ids(vocabulary: Any) -> int:
+    """How many ids a seqio vocabulary encodes text to: its size less the T5 sentinel
+    (extra) ids, which span corruption uses and prompted tasks never produce."""
+    return int(getattr(vocabulary, "_base_vocab_size", vocabulary.vocab_size))
+
+
 def check_vocabulary(config: ModelConfig, vocab_size: int, eos_id: int, vocabulary: str
                      ) -> None:
     """Refuses, naming both sides, a vocabulary the model cannot read: more ids than its
-    embedding has rows, or an EOS other than the one the model stops at."""
+    embedding has rows (`vocab_size`: the ids text encodes to; seqio's T5 sentinels, which
+    these tasks never produce, not counted), or an EOS other than the model's."""
     if vocab_size > config.vocab_size:
         raise SettingError(f"the vocabulary {vocabulary} has {vocab_size} ids but the model's "
                            f"embedding has {config.vocab_size} rows: use the model's own "
