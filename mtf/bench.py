@@ -5,7 +5,9 @@ decoding / scoring, on synthetic batches, and of the input stream a run reads.
         --targets 32 --steps 10 [--dtype float32|bfloat16] [--mesh -1,1,1] [--microbatches 1]
 
 Same step, optimizer (Adafactor, T5X settings) and loss (z-loss 1e-4) as training; the
-model shapes come from gin/models/mt5_<model>.gin. After warm-up (compile + one step) it
+model shapes come from gin/models/mt5_<model>.gin (or gin/models/<model>.gin for the
+decoder-only `llama_*` and `bloom_*`: one sequence of --inputs + --targets tokens, the
+loss on the last --targets). After warm-up (compile + one step) it
 times `--steps` steps and prints a final JSON line: tokens_per_s (batch x (inputs +
 targets) per second), step_s, peak_flops_per_s (a dense matmul measured in the same run on
 the same devices), model_flops_per_step, mfu, trainable_parameters, optimizer_state_bytes
@@ -90,16 +92,7 @@ def _train_run(args: argparse.Namespace, model_config) -> dict:
     rng = np.random.default_rng(0)
 
     def batch():
-        spec = model_config.batch_spec
-        targets = rng.integers(2, args.vocab, (args.batch, args.targets), dtype=np.int32)
-        encoder_inputs, decoder_inputs, _ = spec.tokens
-        host = {
-            encoder_inputs: rng.integers(2, args.vocab, (args.batch, args.inputs),
-                                         dtype=np.int32),
-            decoder_inputs: np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-            spec.targets: targets,
-            spec.loss_weights: np.ones_like(targets),
-        }
+        host = _synthetic_batch(model_config.batch_spec, rng, args)
         return {k: jax.device_put(v, compiled_step.batch_sharding) for k, v in host.items()}
 
     start = time.perf_counter()
@@ -134,16 +127,38 @@ def _train_run(args: argparse.Namespace, model_config) -> dict:
     }
 
 
+def _synthetic_batch(spec: BatchSpec, rng: np.random.Generator, args: argparse.Namespace
+                     ) -> dict[str, np.ndarray]:
+    """Random tokens of the family's batch: --inputs encoder tokens and --targets decoder
+    tokens, or (decoder-only) one sequence of both with the loss on the --targets last."""
+    shape = (args.batch, args.targets)
+    if spec.concatenated:
+        sequence = rng.integers(2, args.vocab, (args.batch, args.inputs + args.targets + 1),
+                                dtype=np.int32)
+        weights = np.zeros((args.batch, args.inputs + args.targets), np.int32)
+        weights[:, args.inputs:] = 1
+        inputs, targets = spec.tokens
+        return {inputs: sequence[:, :-1], targets: sequence[:, 1:], spec.loss_weights: weights}
+    targets = rng.integers(2, args.vocab, shape, dtype=np.int32)
+    encoder_inputs, decoder_inputs, _ = spec.tokens
+    return {
+        encoder_inputs: rng.integers(2, args.vocab, (args.batch, args.inputs), dtype=np.int32),
+        decoder_inputs: np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        spec.targets: targets,
+        spec.loss_weights: np.ones_like(targets),
+    }
+
+
 def _model_config(args: argparse.Namespace):
-    """gin/models/mt5_<model>.gin with --vocab and --dtype, dropout off (every model gin
-    already has DROPOUT_RATE = 0.0; a benchmark must not depend on it)."""
-
-
-    config.parse([f"models/mt5_{args.model}.gin"],
+    """The model gin file --model names (mT5 sizes: gin/models/mt5_<model>.gin; decoder-only
+    LLMs by their file's name, e.g. llama_small, bloom_small) with --vocab and --dtype,
+    without dropout (a benchmark must not depend on it)."""
+    name = args.model if args.model.startswith(("llama", "bloom")) else f"mt5_{args.model}"
+    config.parse([f"models/{name}.gin"],
                  [f"NUM_EMBEDDINGS={args.vocab}", f"ACTIVATION_DTYPE='{args.dtype}'"])
     model_config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
     gin.clear_config()
-    return model_config.replace(dropout_rate=0.0)
+    return model_config.without_dropout
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -157,8 +172,7 @@ def _best_seconds(fn, repeats: int) -> float:
 
 
 def decode_bench(args: argparse.Namespace) -> dict:
-
-
+    """Greedy decoding and rank classification of one batch (see the module doc)."""
     model_config = _model_config(args)
     mesh = partitioning.make_mesh((-1, 1, 1))
     params = jax.jit(init_params, static_argnums=0,
@@ -260,7 +274,9 @@ def _examples_in(batch, spec: BatchSpec) -> int:
 def _shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and batch shapes both benchmarks take."""
     parser.add_argument("--model", default="small",
-                        choices=["tiny", "small", "base", "large", "xl", "xxl"])
+                        choices=["tiny", "small", "base", "large", "xl", "xxl", "llama_tiny",
+                                 "llama_small", "bloom_tiny", "bloom_small"],
+                        help="an mT5 size, or a decoder-only model gin file (LLaMA, BLOOM)")
     parser.add_argument("--vocab", type=int, default=250112)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--inputs", type=int, default=128)

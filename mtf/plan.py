@@ -327,7 +327,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     analytic = flops.model_flops_per_step(model, config.batch_size, lengths["inputs"],
                                           lengths["targets"]) / len(devices)
     report["model_flops_per_device"] = analytic
-    if cost:
+    if cost and report["fits"]:  # what does not fit has no step time to estimate
         counted = loop_free_cost(config, mesh)
         compute_s = counted["flops"] / chip.peak_bf16_flops
         memory_s = counted["bytes"] / chip.hbm_bandwidth

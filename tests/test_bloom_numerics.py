@@ -188,3 +188,29 @@ def test_hub_checkpoints_without_the_transformer_prefix_load(tmp_path, bloom):
     save_file(state, str(tmp_path / "model.safetensors"))
     _, loaded = load_hf_bloom(tmp_path)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+def test_lora_on_bloom_starts_as_the_base_and_trains_the_adapters_alone(bloom):
+    from mtf.model import LoraConfig, family_of, lora
+    from mtf.model.params import init_params
+    from mtf.step import LossConfig, gradients
+
+    _, config, base = bloom
+    adapted = config.replace(lora=LoraConfig(rank=4, alpha=8.0))
+    _, fresh = lora.split(init_params(adapted, jax.random.key(1)))
+    assert set(lora.targeted(adapted)) == {
+        f"decoder/layers_{i}/{m}/{k}/kernel" for i in range(3)
+        for m, k in [("attention", "query"), ("attention", "key"), ("attention", "value"),
+                     ("attention", "out"), ("mlp", "wi"), ("mlp", "wo")]}
+    tokens = np.random.default_rng(7).integers(1, VOCAB, (2, 9))
+    np.testing.assert_array_equal(ours(adapted, lora.join(base, fresh), tokens),
+                                  ours(config, base, tokens))
+    trained = jax.tree.map(lambda x: x + 0.05, fresh)
+    batch = {k: jnp.asarray(v, jnp.int32) for k, v in {
+        "decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+        "decoder_loss_weights": np.ones((2, 8))}.items()}
+    one = gradients(trained, batch, None, family_of(adapted), LossConfig(z_loss=0.0), 1, base)
+    assert jax.tree.structure(one[1]) == jax.tree.structure(fresh)
+    merged = lora.merge(lora.join(base, trained), adapted)
+    np.testing.assert_allclose(ours(config, merged, tokens),
+                               ours(adapted, lora.join(base, trained), tokens), atol=1e-4)

@@ -171,6 +171,13 @@ def test_bench_prints_its_json():
     # AdamW's two float32 moments of the adapters alone (plus its step count)
     assert 8 * line["trainable_parameters"] <= line["optimizer_state_bytes"] < (
         8 * line["trainable_parameters"] + 64)
+    # a decoder-only model: one sequence of inputs + targets tokens
+    result = run("mtf.bench", "train", "--model", "llama_tiny", "--vocab", "4224", "--batch",
+                 "2", "--inputs", "16", "--targets", "8", "--steps", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["tokens_per_s"] == pytest.approx(2 * 24 / line["step_s"])
+    assert line["model_flops_per_step"] > 0 and line["loss"] > 0
 
 
 @pytest.mark.slow

@@ -310,3 +310,45 @@ def test_lora_on_llama_starts_as_the_base_trains_adapters_only_and_merges():
     merged = lora.merge(lora.join(base, trained), adapted)
     np.testing.assert_allclose(ours(config, merged, tokens),
                                ours(adapted, lora.join(base, trained), tokens), atol=1e-4)
+
+
+def test_lora_adapters_export_to_hf_peft_with_mtf_logits_and_import_back(tmp_path):
+    """LLaMA adapters (random B, as after training) written as a PEFT folder load with
+    `peft.PeftModel.from_pretrained(LlamaForCausalLM)` and give mtf's logits; PEFT's own
+    adapters (trained by nobody: random init) read back to the same logits in mtf. BLOOM's
+    are refused by name (PEFT fuses its query_key_value)."""
+    import peft as hf_peft
+
+    from mtf.convert import peft
+    from mtf.convert.errors import CheckpointError as ConvertError
+    from mtf.model import BloomConfig, LoraConfig, lora
+    from mtf.model.params import init_params
+
+    model = hf_model("odd")
+    config, base = converted(model)
+    adapted = config.replace(lora=LoraConfig(rank=4, alpha=8.0))
+    rng = np.random.default_rng(8)
+    _, fresh = lora.split(init_params(adapted, jax.random.key(1)))
+    trained = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(np.float32), fresh)
+    peft.save(tmp_path / "adapter", adapted, trained, "odd-llama")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
+        "task_type"] == "CAUSAL_LM"
+    tokens = np.random.default_rng(9).integers(1, 301, (2, 9))
+    mine = ours(adapted, lora.join(base, trained), tokens)
+    reference = hf_peft.PeftModel.from_pretrained(model, tmp_path / "adapter").eval()
+    np.testing.assert_allclose(hf_logits(reference, tokens), mine, atol=1e-4)
+
+    loaded_config, loaded = peft.load(tmp_path / "adapter", config)
+    assert loaded_config.lora.rank == 4 and loaded_config.lora.alpha == 8.0
+    jax.tree.map(np.testing.assert_array_equal, loaded, trained)
+    theirs = hf_peft.get_peft_model(hf_model("odd"), hf_peft.LoraConfig(
+        r=2, lora_alpha=6, target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    theirs.save_pretrained(tmp_path / "theirs")
+    their_config, their_adapters = peft.load(tmp_path / "theirs", config)
+    np.testing.assert_allclose(
+        ours(their_config, lora.join(base, their_adapters), tokens),
+        hf_logits(theirs, tokens), atol=1e-4)
+    bloom = BloomConfig(vocab_size=64, emb_dim=16, num_heads=2, num_layers=1)
+    with pytest.raises(ConvertError, match="fused query_key_value"):
+        peft.load(tmp_path / "theirs", bloom)

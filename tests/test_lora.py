@@ -219,7 +219,7 @@ def test_peft_folders_of_other_models_are_refused(tmp_path):
     settings["task_type"] = "SEQ_2_SEQ_LM"
     (folder / "adapter_config.json").write_text(json.dumps(settings))
     with pytest.raises(CheckpointError, match=r"self_attn\.q_proj.*not a LoRA adapter of an "
-                       r"mT5.*meta-llama/Llama-2-7b-hf"):
+                       r"attention or MLP layer of this base.*meta-llama/Llama-2-7b-hf"):
         peft.load(folder, CONFIG)
     settings.update(peft_type="IA3")
     (folder / "adapter_config.json").write_text(json.dumps(settings))

@@ -12,6 +12,7 @@ directory (`mtf.convert.peft`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from flax import traverse_util
 from mtf.checkpoint import resolved_path, restore_float32, training_step
 from mtf.convert import peft
 from mtf.convert.errors import CheckpointError
-from mtf.model import ModelConfig, abstract_params, config_from_json, lora
+from mtf.model import ModelConfig, T5Config, abstract_params, config_from_json, lora
 
 Params = dict[str, Any]
 # the fields that decide the network's parameter shapes and function (not dtype, dropout,
@@ -37,8 +38,20 @@ _SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",
                  "relative_attention_max_distance", "layer_norm_epsilon")
 
 
+# what a user may change between training and evaluation (dtype, dropout, remat, scanning,
+# kernels) and the adapters themselves: left out of a decoder-only base's hash
+_FREE_FIELDS = ("dtype", "dropout_rate", "remat_policy", "scan_layers", "attention_kernel",
+                "lora")
+
+
 def config_hash(config: ModelConfig) -> str:
-    fields = {k: getattr(config, k) for k in _SHAPE_FIELDS}
+    """A short hash of the base network's shapes and function (mT5: _SHAPE_FIELDS, as
+    saved adapters have always recorded it; other families: every field not free)."""
+    if isinstance(config, T5Config):
+        fields = {k: getattr(config, k) for k in _SHAPE_FIELDS}
+    else:
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _FREE_FIELDS}
+        fields["family"] = type(config).__name__
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()
                           ).hexdigest()[:16]
 

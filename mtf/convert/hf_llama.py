@@ -86,11 +86,11 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: LlamaConfig) -> Pa
         return value.T if transpose else value
 
     flat = {tuple(mtf.split("/")): take(hf, transposed)
-            for mtf, hf, transposed in _hf_names(config)}
+            for mtf, hf, transposed in hf_names(config)}
     return traverse_util.unflatten_dict(flat)
 
 
-def _hf_names(config: LlamaConfig) -> Iterator[tuple[str, str, bool]]:
+def hf_names(config: LlamaConfig) -> Iterator[tuple[str, str, bool]]:
     """(mtf path, HF name, transposed) for every tensor of `config`'s unscanned tree."""
     yield "token_embedder/embedding", "model.embed_tokens.weight", False
     yield "decoder/final_norm/scale", "model.norm.weight", False
@@ -127,7 +127,7 @@ def load_hf_llama(path: str | os.PathLike) -> tuple[LlamaConfig, Params]:
     source = TensorSource(path)
     shapes = flat_shapes(config)
     expected = {hf: shapes[mtf][::-1] if transposed else shapes[mtf]
-                for mtf, hf, transposed in _hf_names(config)}
+                for mtf, hf, transposed in hf_names(config)}
     check_names_and_shapes(source.shapes, expected, str(path),
                            ignored=["lm_head.weight"] if config.tie_word_embeddings else [])
     return config, params_from_hf(_Tensors(source), config)
@@ -140,7 +140,7 @@ def params_to_hf(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
                            "the parameters given to params_to_hf")
     return {hf: np.ascontiguousarray(np.asarray(flat[mtf], np.float32).T if transposed
                                      else np.asarray(flat[mtf], np.float32))
-            for mtf, hf, transposed in _hf_names(config)}
+            for mtf, hf, transposed in hf_names(config)}
 
 
 def config_to_hf(config: LlamaConfig) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""Hugging Face PEFT LoRA adapters of MT5ForConditionalGeneration <-> mtf adapters.
+"""Hugging Face PEFT LoRA adapters of MT5ForConditionalGeneration and LlamaForCausalLM <->
+mtf adapters.
 
 PEFT's layout: `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, ...)
 and `adapter_model.safetensors` with `base_model.model.<HF module>.lora_A.weight`
 [r, in] and `lora_B.weight` [out, r]; mtf's `lora_a` [r, in] is lora_A as it is and
-`lora_b` [r, out] the transpose of lora_B, beside the kernel `hf.name_map` pairs with
-that module. Both scale by lora_alpha / r, so the same numbers give the same model.
+`lora_b` [r, out] the transpose of lora_B, beside the kernel that `hf.name_map` (mT5) or
+`hf_llama.hf_names` (LLaMA) pairs with that module. Both scale by lora_alpha / r, so the
+same numbers give the same model. BLOOM is refused: PEFT adapts its fused query_key_value
+with one lora_A, where mtf keeps query, key and value apart.
 """
 
 from __future__ import annotations
@@ -21,30 +24,46 @@ from flax import traverse_util
 
 from mtf.convert.errors import CheckpointError
 from mtf.convert.hf import name_map
-from mtf.model import LoraConfig, T5Config, lora
+from mtf.convert.hf_llama import hf_names
+from mtf.model import BloomConfig, LlamaConfig, LoraConfig, ModelConfig, family_of, lora
 
 Params = dict[str, Any]
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _LAYER = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.*)$")
+# the PEFT task type of each family's HF class
+_TASK_TYPES = {"encoder-decoder": "SEQ_2_SEQ_LM", "decoder-only": "CAUSAL_LM"}
 
 
 def is_peft_dir(path: str | os.PathLike) -> bool:
     return (Path(os.fspath(path)) / CONFIG_FILE).exists()
 
 
-def _modules(config: T5Config) -> dict[str, str]:
+def _task_type(config: ModelConfig) -> str:
+    concatenated = family_of(config).batch_spec.concatenated
+    return _TASK_TYPES["decoder-only" if concatenated else "encoder-decoder"]
+
+
+def _modules(config: ModelConfig) -> dict[str, str]:
     """mtf kernel path (unscanned) -> HF module name, for the kernels LoRA can target."""
-    candidates = lora.candidates(config.base.replace(scan_layers=False))
-    return {ours: theirs[:-len(".weight")] for ours, theirs, _ in name_map(config.base)
+    if isinstance(config, BloomConfig):
+        raise CheckpointError("PEFT adapts BLOOM's fused query_key_value with one lora_A for "
+                              "query, key and value, where mtf's BLOOM keeps them apart: "
+                              "BLOOM adapters do not convert to or from PEFT (merge them "
+                              "instead: --to hf)")
+    base = config.base.replace(scan_layers=False)
+    candidates = lora.candidates(base)
+    names = hf_names(base) if isinstance(base, LlamaConfig) else name_map(config.base)
+    return {ours: theirs[:-len(".weight")] for ours, theirs, _ in names
             if ours in candidates}
 
 
-def save(path: str | os.PathLike, config: T5Config, adapters: Params,
+def save(path: str | os.PathLike, config: ModelConfig, adapters: Params,
          base_name: str | None = None) -> None:
     """Writes `adapters` (of the adapted `config`) as a PEFT directory that
-    `peft.PeftModel.from_pretrained(MT5ForConditionalGeneration(...), path)` loads."""
+    `peft.PeftModel.from_pretrained` loads on the HF model (MT5ForConditionalGeneration,
+    LlamaForCausalLM)."""
     from safetensors.numpy import save_file
 
     if config.lora is None:
@@ -69,7 +88,7 @@ def save(path: str | os.PathLike, config: T5Config, adapters: Params,
     save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     lc = config.lora
     peft_config = {
-        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": lc.rank,
+        "peft_type": "LORA", "task_type": _task_type(config), "r": lc.rank,
         "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": sorted(targets),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
@@ -78,11 +97,11 @@ def save(path: str | os.PathLike, config: T5Config, adapters: Params,
     (path / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2))
 
 
-def _targets_pattern(kernels: list[str], config: T5Config) -> str:
+def _targets_pattern(kernels: list[str], config: ModelConfig) -> str:
     """A LORA_TARGETS regular expression selecting exactly `kernels` (unscanned names); a
     kernel taken in every layer of its stack is written once for all (so it also selects it
     in a scanned tree)."""
-    layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+    layers = family_of(config).layer_stacks
     by_rest: dict[tuple[str, str], set[int]] = {}
     for name in kernels:
         stack, index, rest = _LAYER.match(name).groups()
@@ -97,9 +116,10 @@ def _targets_pattern(kernels: list[str], config: T5Config) -> str:
     return "^(" + "|".join(parts) + ")$"
 
 
-def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Params]:
+def load(path: str | os.PathLike, base_config: ModelConfig
+         ) -> tuple[ModelConfig, Params]:
     """(the adapted config: `base_config` with PEFT's rank, alpha, dropout and targets,
-    unscanned; float32 adapters) of a PEFT LoRA directory for an mT5/mT0 model."""
+    unscanned; float32 adapters) of a PEFT LoRA directory for an mT5/mT0 or LLaMA model."""
     from safetensors import safe_open
 
     path = Path(os.fspath(path))
@@ -108,9 +128,10 @@ def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Para
         raise CheckpointError(f"{path} is not a PEFT adapter directory: expected {CONFIG_FILE} "
                               f"and {WEIGHTS_FILE} (written by PeftModel.save_pretrained)")
     settings = json.loads(config_file.read_text())
-    _check_supported(settings, config_file)
+    _check_supported(settings, config_file, _task_type(base_config))
     base_config = base_config.replace(lora=None, scan_layers=False)
     by_module = {m: k for k, m in _modules(base_config).items()}
+    example = next(iter(by_module))
     shapes = lora.candidates(base_config)
     found: dict[str, dict[str, np.ndarray]] = {}
     with safe_open(str(weights_file), framework="numpy") as handle:
@@ -120,12 +141,11 @@ def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Para
             module = match and match.group(1)
             if module not in by_module:
                 raise CheckpointError(
-                    f"{weights_file}: tensor {key} is not a LoRA adapter of an mT5 attention or "
-                    f"MLP layer of this base model (expected names like {PREFIX}encoder.block"
-                    f".0.layer.0.SelfAttention.q.lora_A.weight, up to block "
-                    f"{base_config.num_encoder_layers - 1}). The adapter was made for "
-                    f"{settings.get('base_model_name_or_path') or 'another model'}, not an "
-                    "MT5ForConditionalGeneration of this shape")
+                    f"{weights_file}: tensor {key} is not a LoRA adapter of an attention or "
+                    f"MLP layer of this base model (expected names like {PREFIX}{example}"
+                    f".lora_A.weight). The adapter was made for "
+                    f"{settings.get('base_model_name_or_path') or 'another model'}, not a "
+                    "model of this family and shape")
             found.setdefault(module, {})[match.group(2)] = handle.get_tensor(key)
     if not found:
         raise CheckpointError(f"{weights_file} holds no LoRA tensors")
@@ -155,7 +175,7 @@ def load(path: str | os.PathLike, base_config: T5Config) -> tuple[T5Config, Para
     return base_config.replace(lora=lora_config), traverse_util.unflatten_dict(flat)
 
 
-def _check_supported(settings: dict[str, Any], where: Path) -> None:
+def _check_supported(settings: dict[str, Any], where: Path, task_type: str) -> None:
     kind = settings.get("peft_type")
     if kind != "LORA":
         raise CheckpointError(f"{where}: peft_type {kind!r}; mtf reads LoRA adapters only")
@@ -169,11 +189,12 @@ def _check_supported(settings: dict[str, Any], where: Path) -> None:
         if settings.get(field):
             raise CheckpointError(f"{where}: {field}={settings[field]!r} "
                                   f"({what}) is not supported; mtf reads "
-                                  "plain LoRA adapters of mT5/mT0 attention and MLP layers")
+                                  "plain LoRA adapters of attention and MLP layers")
     if settings.get("bias", "none") != "none":
-        raise CheckpointError(f"{where}: bias={settings['bias']!r}: mT5 has no biases to train")
+        raise CheckpointError(f"{where}: bias={settings['bias']!r}: mtf's LoRA trains no "
+                              "biases")
     task = settings.get("task_type")
-    if task not in (None, "SEQ_2_SEQ_LM"):
-        raise CheckpointError(f"{where}: task_type {task!r}; an mT5/mT0 adapter is "
-                              "SEQ_2_SEQ_LM (MT5ForConditionalGeneration)")
+    if task not in (None, task_type):
+        raise CheckpointError(f"{where}: task_type {task!r}; an adapter of this base model "
+                              f"is {task_type}")
 
