@@ -327,8 +327,18 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     analytic = flops.model_flops_per_step(model, config.batch_size, lengths["inputs"],
                                           lengths["targets"]) / len(devices)
     report["model_flops_per_device"] = analytic
+    counted = None
     if cost and report["fits"]:  # what does not fit has no step time to estimate
-        counted = loop_free_cost(config, mesh)
+        try:
+            counted = loop_free_cost(config, mesh)
+        except Exception as e:  # a loop-free probe can need more HBM than the run itself
+            oom = _out_of_memory(e)
+            if oom is None:
+                raise
+            report["cost_error"] = (
+                "not estimated: a loop-free cost compile (one microbatch, 1-2 layers, the "
+                f"loss chunks unrolled) does not fit: {oom['message']}")
+    if counted is not None:
         compute_s = counted["flops"] / chip.peak_bf16_flops
         memory_s = counted["bytes"] / chip.hbm_bandwidth
         step_s = max(compute_s, memory_s)
@@ -395,6 +405,8 @@ def format_report(r: dict[str, Any]) -> str:
             f"  roofline: {r['compute_s']:.3f} s of arithmetic, {r['memory_s']:.3f} s of "
             f"memory traffic -> {r['step_s']:.3f} s/step ({r['bound']}-bound), MFU ceiling "
             f"{100 * r['mfu_ceiling']:.1f}%"]
+    if r.get("cost_error"):
+        lines.append(f"  FLOPs and traffic {r['cost_error']}")
     lines.append("  largest arrays (global shape, sharding, per device):")
     for a in r["largest_arrays"]:
         lines.append(f"    {a['name']} {a['shape']} {a['spec']} {gib(a['bytes_per_device'])}")
