@@ -9,7 +9,7 @@
 checkpoint or an HF folder; --adapter DIR: LoRA adapters trained on it (a LoRA run's
 MODEL_DIR, an adapter directory or a PEFT folder), merged into it first. --vocabulary
 defaults to the one stored with the checkpoint (a run's step records it; an exported HF
-folder has spiece.model), else $MTF_VOCABULARY.
+folder has spiece.model, tokenizer.model or tokenizer.json), else $MTF_VOCABULARY.
 generate prints one answer per prompt (tab-separated samples/beams); score reads lines
 {"inputs", "answer_choices", "label"?} and writes them back with "scores" (summed
 log-likelihood per choice) and "prediction", printing the accuracy when labels are given.
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", required=True)
         p.add_argument("--adapter", help="LoRA adapters trained on --checkpoint (a LoRA run, "
                        "an adapter directory or a PEFT folder), merged in first")
-        p.add_argument("--vocabulary", help="SentencePiece model (default: the checkpoint's)")
+        p.add_argument("--vocabulary", help="SentencePiece .model or tokenizers .json "
+                       "(default: the checkpoint's)")
         p.add_argument("--input_file", help="jsonl with an 'inputs' field per line")
         p.add_argument("--output_file", help="jsonl written back with the answers")
         p.add_argument("--batch_size", type=int, default=16)

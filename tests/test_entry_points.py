@@ -153,7 +153,7 @@ def test_every_command_starts_through_the_cli_helper():
         assert "cli.run" in calls, f"{path.relative_to(REPO)} does not start through cli.run"
 
 
-def test_bench_prints_its_json():
+def test_bench_prints_its_json(capsys):
     import json
 
     # --lora_rank: the LoRA step, and full finetuning of the same shapes beside it
@@ -171,11 +171,13 @@ def test_bench_prints_its_json():
     # AdamW's two float32 moments of the adapters alone (plus its step count)
     assert 8 * line["trainable_parameters"] <= line["optimizer_state_bytes"] < (
         8 * line["trainable_parameters"] + 64)
-    # a decoder-only model: one sequence of inputs + targets tokens
-    result = run("mtf.bench", "train", "--model", "llama_tiny", "--vocab", "4224", "--batch",
-                 "2", "--inputs", "16", "--targets", "8", "--steps", "2")
-    assert result.returncode == 0, result.stderr[-2000:]
-    line = json.loads(result.stdout.strip().splitlines()[-1])
+    # a decoder-only model: one sequence of inputs + targets tokens (in this process)
+    from mtf import bench
+
+    capsys.readouterr()
+    assert bench.main(["train", "--model", "llama_tiny", "--vocab", "4224", "--batch", "2",
+                       "--inputs", "16", "--targets", "8", "--steps", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["tokens_per_s"] == pytest.approx(2 * 24 / line["step_s"])
     assert line["model_flops_per_step"] > 0 and line["loss"] > 0
 

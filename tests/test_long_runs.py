@@ -74,11 +74,14 @@ def test_a_second_run_on_the_same_model_dir_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
-    # The first is gone (killed: its lock is still there): the next run takes over.
+    # The first is gone (killed: its lock is still there): the next run's lock takes over
+    # (the lock a run takes first, before reading anything; released at its end).
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == first.pid
-    again = run(tmp_path, TRAIN_STEPS="3")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert not (tmp_path / "run.lock").exists()  # released at the end
+    lock = runlock.RunLock(str(tmp_path))
+    lock.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
 
 
 def test_lock_held_by_another_host_until_its_heartbeat_goes_stale(tmp_path):

@@ -91,11 +91,13 @@ def test_half_written_checkpoint_is_never_picked_up(uninterrupted, tmp_path):
 
 def test_unpacked_run_resumes_by_seeking_with_the_same_losses(tmp_path):
     """mT0's recipe is unpacked: its stream seeks instead of replaying (seekable.py)."""
+    import shutil
+
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     result = run(reference_dir, PACK="False", TRAIN_STEPS="12", CHECKPOINT_PERIOD="6")
     assert result.returncode == 0, result.stderr[-3000:]
-    first = run(resumed_dir, PACK="False", TRAIN_STEPS="6", CHECKPOINT_PERIOD="6")
-    assert first.returncode == 0, first.stderr[-3000:]
+    # a run stopped at step 6: the reference's checkpoint of step 6 alone
+    shutil.copytree(reference_dir / "checkpoints" / "6", resumed_dir / "checkpoints" / "6")
     second = run(resumed_dir, PACK="False", TRAIN_STEPS="12", CHECKPOINT_PERIOD="6")
     assert second.returncode == 0 and "resumed from step 6" in second.stdout
     reference, resumed = last_losses(reference_dir), last_losses(resumed_dir)
@@ -156,16 +158,13 @@ def test_train_steps_is_the_step_a_resumed_run_stops_at(uninterrupted, tmp_path)
 
 
 def test_lora_on_a_trained_tiny_model_learns_resumes_after_kill_9_and_merges(uninterrupted,
-                                                                             tmp_path):
+                                                                             tmp_path, capsys):
     """runs/lora.gin on the trained tiny model: the loss falls, checkpoints hold the adapters
     alone, kill -9 resumes with the uninterrupted losses, another base is refused, and the
     adapters merged by mtf.convert score as the base + --adapter does."""
     import json
-    import subprocess
-    import sys
 
     from mtf.convert import adapters
-    from tests.train_helpers import REPO, env
 
     base, _ = uninterrupted
     lora = {"gin_files": ("gin/runs/lora.gin",), "INITIAL_CHECKPOINT_PATH": str(base),
@@ -202,21 +201,22 @@ def test_lora_on_a_trained_tiny_model_learns_resumes_after_kill_9_and_merges(uni
     assert other.returncode == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert f"were trained on the base {base}" in other.stderr and "other weights" in other.stderr
 
-    def command(*args):
-        out = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env(),
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-        return out.stdout
+    # the commands in this process (what they print is what a user sees)
+    from mtf import infer
+    from mtf.convert import __main__ as convert
 
-    command("mtf.convert", "--from", "mtf", "--to", "hf", str(reference_dir),
-            str(tmp_path / "merged"))
+    assert convert.main(["--from", "mtf", "--to", "hf", str(reference_dir),
+                         str(tmp_path / "merged")]) == 0
     question = tmp_path / "q.jsonl"
     question.write_text(json.dumps({"inputs": "Translate dog into Swahili.",
                                     "answer_choices": ["mbwa", "paka", "ndege"]}) + "\n")
-    scores = [json.loads(command("mtf.infer", "score", "--input_file", str(question), *args)
-                         .strip().splitlines()[-1])["scores"]
-              for args in (["--checkpoint", str(base), "--adapter", str(reference_dir)],
-                           ["--checkpoint", str(tmp_path / "merged")])]
+    scores = []
+    for args in (["--checkpoint", str(base), "--adapter", str(reference_dir)],
+                 ["--checkpoint", str(tmp_path / "merged")]):
+        capsys.readouterr()
+        assert infer.main(["score", "--input_file", str(question), "--batch_size", "1",
+                           *args]) == 0
+        scores.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scores"])
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
 
 

@@ -75,11 +75,13 @@ def _load_model(path: str, config: ModelConfig | None, setting: str) -> LoadedCh
 
 
 def stored_vocabulary(path: str) -> str | None:
-    """The SentencePiece model beside the weights: spiece.model (mT5) or tokenizer.model
-    (LLaMA) in an HF folder, vocabulary.model in an mtf parameter folder."""
+    """The tokenizer beside the weights: spiece.model (mT5), tokenizer.model (LLaMA) or
+    tokenizer.json (BLOOM, Llama 3) in an HF folder; vocabulary.model / .json in an mtf
+    parameter folder."""
     if not storage.isdir(path):
         return None
-    for name in ("spiece.model", "tokenizer.model", native.VOCABULARY_FILE):
+    for name in ("spiece.model", "tokenizer.model", *native.VOCABULARY_FILES,
+                 "tokenizer.json"):
         candidate = storage.join(path, name)
         if storage.exists(candidate):
             return candidate

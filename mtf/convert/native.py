@@ -1,7 +1,7 @@
 """mtf's own parameter checkpoints: an Orbax PyTree of params beside the model's config.json.
 
 Layout of a directory: `config.json` (the model config), `params/` (Orbax, float32) and
-the tokenizer's SentencePiece model as `vocabulary.model` when known. A training
+the tokenizer as `vocabulary.model` (SentencePiece) or `vocabulary.json` when known. A training
 run's step (its layout is `mtf.checkpoint`'s) is read too: only its parameters are restored.
 Paths may be local or gs:// (`mtf.storage`).
 """
@@ -23,13 +23,14 @@ from mtf.model import ModelConfig, abstract_params, config_from_json, flat_shape
 Params = dict[str, Any]
 
 
-VOCABULARY_FILE = "vocabulary.model"
+# the tokenizer beside the parameters: a SentencePiece model, or a tokenizers JSON file
+VOCABULARY_FILES = ("vocabulary.model", "vocabulary.json")
 
 
 def save_params(path: str | os.PathLike, config: ModelConfig, params: Params,
                 vocabulary: str | None = None) -> None:
-    """config.json, params/ and, given one, the SentencePiece model as vocabulary.model
-    (what evaluation and inference read by default)."""
+    """config.json, params/ and, given one, the tokenizer as vocabulary.model (SentencePiece)
+    or vocabulary.json (`tokenizers`): what evaluation and inference read by default."""
     path = checkpoint.resolved_path(path)
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
@@ -40,7 +41,8 @@ def save_params(path: str | os.PathLike, config: ModelConfig, params: Params,
         checkpointer.wait_until_finished()
     (path / "config.json").write_text(config.to_json())
     if vocabulary:
-        (path / VOCABULARY_FILE).write_bytes(storage.read_bytes(vocabulary))
+        name = VOCABULARY_FILES[1] if vocabulary.endswith(".json") else VOCABULARY_FILES[0]
+        (path / name).write_bytes(storage.read_bytes(vocabulary))
 
 
 def load_params(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
