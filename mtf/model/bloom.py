@@ -12,9 +12,7 @@ same reason as `llama.py`: no maintained Flax BLOOM takes mtf's axes, scan and L
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,7 +20,7 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
-from mtf.model.features import DECODER_ONLY, BatchSpec
+from mtf.model.decoder_config import DecoderConfigMethods
 from mtf.model.layers import Dense, Embed, LayerNorm, constrain
 from mtf.model.llama import EMBED_AXES, causal_segment_bias
 from mtf.model.network import run_layers
@@ -31,7 +29,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class BloomConfig:
+class BloomConfig(DecoderConfigMethods):
     """Shapes and switches of a BLOOM decoder, named after HF's `BloomConfig` where it has
     the field (emb_dim = hidden_size, num_heads = n_head, num_layers = n_layer); the head
     size is emb_dim / num_heads and the MLP is 4 x emb_dim, as in every BLOOM."""
@@ -85,46 +83,6 @@ class BloomConfig:
     @property
     def mlp_dim(self) -> int:
         return 4 * self.emb_dim
-
-    @property
-    def activation_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def base(self) -> BloomConfig:
-        return self.replace(lora=None)
-
-    @property
-    def uses_dropout(self) -> bool:
-        return self.lora is not None and self.lora.dropout > 0
-
-    @property
-    def without_dropout(self) -> BloomConfig:
-        return self
-
-    @property
-    def for_inference(self) -> BloomConfig:
-        return self.replace(remat_policy="none")
-
-    @property
-    def batch_spec(self) -> BatchSpec:
-        return DECODER_ONLY
-
-    def replace(self, **changes: Any) -> BloomConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_json(self) -> str:
-        return json.dumps({"family": self.FAMILY, **dataclasses.asdict(self)}, indent=2,
-                          sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> BloomConfig:
-        fields = {k: v for k, v in json.loads(text).items() if k != "family"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise SettingError(f"unknown BloomConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
 
 
 def alibi_slopes(num_heads: int) -> Array:

@@ -12,9 +12,7 @@ LoRA layers (Levanter's is Equinox/Haliax, MaxText's is not a library).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,7 +20,7 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
-from mtf.model.features import DECODER_ONLY, BatchSpec
+from mtf.model.decoder_config import DecoderConfigMethods
 from mtf.model.layers import NEG_INF, Dense, Embed, RMSNorm, constrain, logical_param
 from mtf.model.network import run_layers
 
@@ -41,7 +39,7 @@ class RopeScaling:
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(DecoderConfigMethods):
     """Shapes and switches of a LLaMA decoder, named after HF's `LlamaConfig` where it has
     the field (emb_dim = hidden_size, mlp_dim = intermediate_size)."""
 
@@ -96,49 +94,6 @@ class LlamaConfig:
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if isinstance(self.lora, dict):  # from JSON
             object.__setattr__(self, "lora", LoraConfig(**self.lora))
-
-    @property
-    def activation_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def base(self) -> LlamaConfig:
-        """The network without adapters (the frozen base of a LoRA model)."""
-        return self.replace(lora=None)
-
-    @property
-    def uses_dropout(self) -> bool:
-        """Whether training draws dropout masks (the adapters' only: LLaMA has none)."""
-        return self.lora is not None and self.lora.dropout > 0
-
-    @property
-    def without_dropout(self) -> LlamaConfig:
-        return self  # LLaMA has no dropout (LoRA's acts only when the step draws masks)
-
-    @property
-    def for_inference(self) -> LlamaConfig:
-        """The network scoring and decoding run: no remat."""
-        return self.replace(remat_policy="none")
-
-    @property
-    def batch_spec(self) -> BatchSpec:
-        return DECODER_ONLY
-
-    def replace(self, **changes: Any) -> LlamaConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_json(self) -> str:
-        return json.dumps({"family": self.FAMILY, **dataclasses.asdict(self)}, indent=2,
-                          sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> LlamaConfig:
-        fields = {k: v for k, v in json.loads(text).items() if k != "family"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise SettingError(f"unknown LlamaConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
 
 
 def rope_frequencies(config: LlamaConfig) -> Array:
