@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,25 @@ class TensorSource:
 
     def read(self, name: str) -> np.ndarray:
         return self._readers[name]()
+
+
+class LazyTensors(Mapping):
+    """A HF folder's tensors by name, each read when asked (one at a time); `prefix` is
+    put before the stored names (hub BLOOM checkpoints saved from the base model lack
+    `transformer.`)."""
+
+    def __init__(self, source: TensorSource, prefix: str = "") -> None:
+        self.source, self.prefix = source, prefix
+        self.shapes = {prefix + k: v for k, v in source.shapes.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.source.read(name[len(self.prefix):])
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
 
 
 def _read_safetensor(handle, name: str, file: Path) -> np.ndarray:

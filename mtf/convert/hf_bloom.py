@@ -19,7 +19,13 @@ from flax import traverse_util
 
 from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.convert.hf import TensorSource, read_config, usual_modes, write_safetensors
+from mtf.convert.hf import (
+    LazyTensors,
+    TensorSource,
+    read_config,
+    usual_modes,
+    write_safetensors,
+)
 from mtf.model.bloom import BloomConfig
 from mtf.model.params import flat_shapes, unscan_params
 
@@ -140,32 +146,15 @@ def params_to_hf(params: Params, config: BloomConfig) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-class _Tensors(Mapping):
-    """A HF directory's tensors by their `BloomForCausalLM` names, each read when asked;
-    hub BLOOM checkpoints saved from `BloomModel` lack the `transformer.` prefix."""
-
-    def __init__(self, source: TensorSource) -> None:
-        self.source = source
-        self.prefix = "" if any(k.startswith("transformer.") for k in source.shapes) else (
-            "transformer.")
-        self.shapes = {self.prefix + k: v for k, v in source.shapes.items()}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.source.read(name[len(self.prefix):] if self.prefix else name)
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-
 def load_hf_bloom(path: str | os.PathLike) -> tuple[BloomConfig, Params]:
     """A local HF BloomForCausalLM directory as (BloomConfig, float32 params); names and
-    shapes checked against the config first, every problem in one error."""
+    shapes checked against the config first, every problem in one error. Hub BLOOM
+    checkpoints were saved from `BloomModel`: their names lack `transformer.`."""
     path = Path(path)
     config = config_from_hf(read_config(path))
-    tensors = _Tensors(TensorSource(path))
+    source = TensorSource(path)
+    saved_from_base = not any(k.startswith("transformer.") for k in source.shapes)
+    tensors = LazyTensors(source, "transformer." if saved_from_base else "")
     check_names_and_shapes(tensors.shapes, _expected_hf_shapes(config), str(path),
                            ignored=["lm_head.weight"])
     return config, params_from_hf(tensors, config)

@@ -18,7 +18,13 @@ from flax import traverse_util
 
 from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
-from mtf.convert.hf import TensorSource, read_config, usual_modes, write_safetensors
+from mtf.convert.hf import (
+    LazyTensors,
+    TensorSource,
+    read_config,
+    usual_modes,
+    write_safetensors,
+)
 from mtf.model.llama import LlamaConfig, RopeScaling
 from mtf.model.params import flat_shapes, unscan_params
 
@@ -102,22 +108,6 @@ def hf_names(config: LlamaConfig) -> Iterator[tuple[str, str, bool]]:
         yield "logits_kernel", "lm_head.weight", True
 
 
-class _Tensors(Mapping):
-    """A HF directory's tensors by name, each read when asked (one at a time)."""
-
-    def __init__(self, source: TensorSource) -> None:
-        self.source = source
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.source.read(name)
-
-    def __iter__(self):
-        return iter(self.source.shapes)
-
-    def __len__(self) -> int:
-        return len(self.source.shapes)
-
-
 def load_hf_llama(path: str | os.PathLike) -> tuple[LlamaConfig, Params]:
     """A local HF LlamaForCausalLM directory (config.json and safetensors or PyTorch
     weights, sharded or not) as (LlamaConfig, float32 params); names and shapes checked
@@ -130,7 +120,7 @@ def load_hf_llama(path: str | os.PathLike) -> tuple[LlamaConfig, Params]:
                 for mtf, hf, transposed in hf_names(config)}
     check_names_and_shapes(source.shapes, expected, str(path),
                            ignored=["lm_head.weight"] if config.tie_word_embeddings else [])
-    return config, params_from_hf(_Tensors(source), config)
+    return config, params_from_hf(LazyTensors(source), config)
 
 
 def params_to_hf(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
