@@ -20,10 +20,9 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
+from mtf.model.decoder import DecoderParts, DecoderStack, positions_and_bias
 from mtf.model.decoder_config import DecoderConfigMethods
 from mtf.model.layers import Dense, Embed, LayerNorm, constrain
-from mtf.model.llama import EMBED_AXES, causal_segment_bias
-from mtf.model.network import run_layers
 
 Array = jax.Array
 
@@ -79,6 +78,10 @@ class BloomConfig(DecoderConfigMethods):
     @property
     def num_kv_heads(self) -> int:
         return self.num_heads
+
+    @property
+    def norm_epsilon(self) -> float:
+        return self.layer_norm_epsilon
 
     @property
     def mlp_dim(self) -> int:
@@ -158,35 +161,7 @@ class Mlp(nn.Module):
                      name="wo")(hidden)
 
 
-class BloomLayer(nn.Module):
-    config: BloomConfig
-    cache_length: int | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array, cache_start: Array | None):
-        cfg = self.config
-        norm = dict(epsilon=cfg.layer_norm_epsilon, dtype=cfg.activation_dtype)
-        h = Attention(cfg, self.cache_length, name="attention")(
-            LayerNorm(**norm, name="pre_attention_layer_norm")(x), positions, bias,
-            cache_start)
-        x = constrain(x + h, EMBED_AXES)
-        h = Mlp(cfg, name="mlp")(LayerNorm(**norm, name="pre_mlp_layer_norm")(x))
-        x = constrain(x + h, EMBED_AXES)
-        return (x, None) if cfg.scan_layers else x
-
-
-class Stack(nn.Module):
-    config: BloomConfig
-    cache_length: int | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array,
-                 cache_start: Array | None = None) -> Array:
-        cfg = self.config
-        x = run_layers(cfg, BloomLayer, cfg.num_layers, x, {"cache_length": self.cache_length},
-                       (positions, bias, cache_start))
-        return LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.activation_dtype,
-                         name="final_norm")(x)
+PARTS = DecoderParts(norm=LayerNorm, attention=Attention, mlp=Mlp)
 
 
 class Bloom(nn.Module):
@@ -203,16 +178,13 @@ class Bloom(nn.Module):
                  cache_start: Array | None = None,
                  attention_bias: Array | None = None) -> Array:
         cfg, dtype = self.config, self.config.activation_dtype
-        if segment_ids is None:
-            segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+        positions, bias = positions_and_bias(tokens, segment_ids, positions, attention_bias,
+                                             dtype)
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype,
                          embedding_init=nn.initializers.normal(stddev=0.02),
                          name="token_embedder")
         x = LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, name="embedding_norm")(
             embedder(tokens))
-        bias = (causal_segment_bias(segment_ids, dtype) if attention_bias is None
-                else attention_bias)
-        x = Stack(cfg, self.cache_length, name="decoder")(x, positions, bias, cache_start)
+        x = DecoderStack(cfg, PARTS, self.cache_length, name="decoder")(x, positions, bias,
+                                                                       cache_start)
         return x if return_hidden else embedder.attend(x)

@@ -237,11 +237,12 @@ class DecoderOnly:
         """The final normed states [batch, length, emb] predicting each target token; an
         unpacked batch's padding (target 0) is its own segment 0."""
         spec = self.batch_spec
-        targets = batch[spec.targets]
-        segments = batch.get(spec.target_segments, (targets > 0).astype(jnp.int32))
+        inputs, targets = (batch[name] for name in spec.tokens)
+        segments_name, positions_name = spec.packing
+        segments = batch.get(segments_name, (targets > 0).astype(jnp.int32))
         return self.network(self.config).apply(
-            {"params": params}, batch["decoder_input_tokens"], segments,
-            batch.get("decoder_positions"), return_hidden=True)
+            {"params": params}, inputs, segments, batch.get(positions_name),
+            return_hidden=True)
 
     @property
     def eos_id(self) -> int:

@@ -20,12 +20,11 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
+from mtf.model.decoder import DecoderParts, DecoderStack, positions_and_bias
 from mtf.model.decoder_config import DecoderConfigMethods
-from mtf.model.layers import NEG_INF, Dense, Embed, RMSNorm, constrain, logical_param
-from mtf.model.network import run_layers
+from mtf.model.layers import Dense, Embed, RMSNorm, constrain, logical_param
 
 Array = jax.Array
-EMBED_AXES = ("batch", "length", "embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +94,10 @@ class LlamaConfig(DecoderConfigMethods):
         if isinstance(self.lora, dict):  # from JSON
             object.__setattr__(self, "lora", LoraConfig(**self.lora))
 
+    @property
+    def norm_epsilon(self) -> float:
+        return self.rms_norm_eps
+
 
 def rope_frequencies(config: LlamaConfig) -> Array:
     """The inverse frequencies [head_dim / 2] of the rotary embedding (Llama 3 scaled)."""
@@ -124,16 +127,6 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * cos + rotated * sin).astype(x.dtype)
-
-
-def causal_segment_bias(segment_ids: Array, dtype: jnp.dtype) -> Array:
-    """Additive attention bias [batch, 1, q, k]: a query sees earlier and equal positions of
-    its own segment; segment 0 is padding and sees nothing it could be harmed by."""
-    length = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((length, length), bool))[None]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    allowed = causal & same & (segment_ids[:, None, :] > 0)
-    return jnp.where(allowed, 0.0, NEG_INF).astype(dtype)[:, None]
 
 
 class Attention(nn.Module):
@@ -194,36 +187,7 @@ class Mlp(nn.Module):
                      name="down")(hidden)
 
 
-class LlamaLayer(nn.Module):
-    config: LlamaConfig
-    cache_length: int | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array, cache_start: Array | None):
-        cfg = self.config
-        norm = dict(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype)
-        h = Attention(cfg, self.cache_length, name="attention")(
-            RMSNorm(**norm, name="pre_attention_layer_norm")(x), positions, bias, cache_start)
-        x = constrain(x + h, EMBED_AXES)
-        h = Mlp(cfg, name="mlp")(RMSNorm(**norm, name="pre_mlp_layer_norm")(x))
-        x = constrain(x + h, EMBED_AXES)
-        return (x, None) if cfg.scan_layers else x
-
-
-class Stack(nn.Module):
-    """The layers (`layers_N`, or one scanned `layers`) and the final norm."""
-
-    config: LlamaConfig
-    cache_length: int | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, positions: Array, bias: Array,
-                 cache_start: Array | None = None) -> Array:
-        cfg = self.config
-        x = run_layers(cfg, LlamaLayer, cfg.num_layers, x, {"cache_length": self.cache_length},
-                       (positions, bias, cache_start))
-        return RMSNorm(epsilon=cfg.rms_norm_eps, dtype=cfg.activation_dtype,
-                       name="final_norm")(x)
+PARTS = DecoderParts(norm=RMSNorm, attention=Attention, mlp=Mlp)
 
 
 class Llama(nn.Module):
@@ -244,17 +208,13 @@ class Llama(nn.Module):
                  cache_start: Array | None = None,
                  attention_bias: Array | None = None) -> Array:
         cfg, dtype = self.config, self.config.activation_dtype
-        if segment_ids is None:
-            segment_ids = jnp.ones(tokens.shape, jnp.int32)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
+        positions, bias = positions_and_bias(tokens, segment_ids, positions, attention_bias,
+                                             dtype)
         embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype,
                          embedding_init=nn.initializers.normal(stddev=0.02),
                          name="token_embedder")
-        bias = (causal_segment_bias(segment_ids, dtype) if attention_bias is None
-                else attention_bias)
-        x = Stack(cfg, self.cache_length, name="decoder")(embedder(tokens), positions, bias,
-                                                          cache_start)
+        x = DecoderStack(cfg, PARTS, self.cache_length, name="decoder")(
+            embedder(tokens), positions, bias, cache_start)
         if return_hidden:
             return x
         if cfg.tie_word_embeddings:
