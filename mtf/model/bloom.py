@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
-from mtf.model.decoder import DecoderParts, DecoderStack, positions_and_bias
+from mtf.model.decoder import DecoderParts, DecoderStack, cached, positions_and_bias
 from mtf.model.decoder_config import DecoderConfigMethods
 from mtf.model.layers import Dense, Embed, LayerNorm, constrain
 
@@ -119,21 +119,11 @@ class Attention(nn.Module):
         query, key, value = project("query"), project("key"), project("value")
         key_positions = positions.astype(jnp.float32)[:, :, None, None]
         if self.cache_length is not None:
-            batch = x.shape[0]
-            shape = (batch, self.cache_length, cfg.num_heads, cfg.head_dim)
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
-                                         value.dtype)
+            key = cached(self, "cached_key", key, self.cache_length, cache_start)
+            value = cached(self, "cached_value", value, self.cache_length, cache_start)
             # kept 4-D like the keys, so that one rule reorders every cache entry
-            cached_positions = self.variable("cache", "cached_positions", jnp.zeros,
-                                             (batch, self.cache_length, 1, 1), jnp.float32)
-            at = (0, cache_start, 0, 0)
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, at)
-            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
-            cached_positions.value = jax.lax.dynamic_update_slice(cached_positions.value,
-                                                                  key_positions, at)
-            key, value = cached_key.value, cached_value.value
-            key_positions = cached_positions.value
+            key_positions = cached(self, "cached_positions", key_positions,
+                                   self.cache_length, cache_start)
         # [batch, heads, 1, keys]
         alibi = (alibi_slopes(cfg.num_heads)[None, :, None, None]
                  * key_positions[:, :, 0, 0][:, None, None, :])

@@ -56,6 +56,17 @@ def positions_and_bias(tokens: Array, segment_ids: Array | None, positions: Arra
     return positions, causal_segment_bias(segment_ids, dtype)
 
 
+def cached(module: nn.Module, name: str, value: Array, cache_length: int,
+           cache_start: Array) -> Array:
+    """`value` [batch, length, ...] written at `cache_start` into the module's 'cache'
+    variable `name` (`cache_length` slots, zeros at first); the whole cache returned."""
+    shape = (value.shape[0], cache_length, *value.shape[2:])
+    variable = module.variable("cache", name, jnp.zeros, shape, value.dtype)
+    at = (0, cache_start) + (0,) * (value.ndim - 2)
+    variable.value = jax.lax.dynamic_update_slice(variable.value, value, at)
+    return variable.value
+
+
 class DecoderLayer(nn.Module):
     config: Any
     parts: DecoderParts

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from mtf.errors import SettingError
 from mtf.model.config import REMAT_POLICIES, LoraConfig
-from mtf.model.decoder import DecoderParts, DecoderStack, positions_and_bias
+from mtf.model.decoder import DecoderParts, DecoderStack, cached, positions_and_bias
 from mtf.model.decoder_config import DecoderConfigMethods
 from mtf.model.layers import Dense, Embed, RMSNorm, constrain, logical_param
 
@@ -152,14 +152,8 @@ class Attention(nn.Module):
         value = project("value", cfg.num_kv_heads)
         batch, length = x.shape[:2]
         if self.cache_length is not None:
-            shape = (batch, self.cache_length, cfg.num_kv_heads, cfg.head_dim)
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
-                                         value.dtype)
-            at = (0, cache_start, 0, 0)
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, at)
-            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
-            key, value = cached_key.value, cached_value.value
+            key = cached(self, "cached_key", key, self.cache_length, cache_start)
+            value = cached(self, "cached_value", value, self.cache_length, cache_start)
         query = query.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", query.astype(jnp.float32),
                             key.astype(jnp.float32)) / math.sqrt(cfg.head_dim)
