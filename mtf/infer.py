@@ -94,12 +94,11 @@ def _vocabulary(args: argparse.Namespace, stored: str | None):
 
 
 def _encode(vocab, texts: Sequence[str], length: int, what: str) -> tuple[list[list[int]], int]:
-    from mtf.eval.evaluation import cut_to_length  # seqio and TensorFlow: after the quiet start
+    from mtf.eval.evaluation import encode_with_eos  # seqio and TensorFlow: after the quiet start
 
     out, cut = [], 0
     for text in texts:
-        tokens, was_cut = cut_to_length(list(vocab.encode(text)) + [vocab.eos_id], length,
-                                       vocab.eos_id)
+        tokens, was_cut = encode_with_eos(vocab, text, length)
         out.append(tokens)
         cut += was_cut
     if cut:

@@ -57,6 +57,12 @@ def cut_to_length(tokens: Sequence[int], length: int, eos_id: int) -> tuple[list
     return tokens[:length - 1] + [eos_id], True
 
 
+def encode_with_eos(vocab: Any, text: str, length: int) -> tuple[list[int], bool]:
+    """`text` as the tasks' features hold it: its ids and the vocabulary's EOS, cut to
+    `length` keeping EOS last; and whether it was cut."""
+    return cut_to_length(list(vocab.encode(text)) + [vocab.eos_id], length, vocab.eos_id)
+
+
 def dataset_name(example_task_id: int, task_name: str, language: str,
                  names: Mapping[int, str]) -> str:
     """The dataset an example reports under: its task id's name (`names`: the task's
@@ -145,8 +151,7 @@ class Evaluator:
                     f"{label} but {len(texts)} answer choices")
             choices = []
             for text in texts:
-                tokens, cut = cut_to_length(list(vocab.encode(text)) + [vocab.eos_id],
-                                            self.target_length, vocab.eos_id)
+                tokens, cut = encode_with_eos(vocab, text, self.target_length)
                 self.truncation.choices += cut
                 choices.append(tokens)
             example.choices, example.choice_texts, example.label = choices, texts, label
