@@ -131,7 +131,6 @@ def _synthetic_batch(spec: BatchSpec, rng: np.random.Generator, args: argparse.N
                      ) -> dict[str, np.ndarray]:
     """Random tokens of the family's batch: --inputs encoder tokens and --targets decoder
     tokens, or (decoder-only) one sequence of both with the loss on the --targets last."""
-    shape = (args.batch, args.targets)
     if spec.concatenated:
         sequence = rng.integers(2, args.vocab, (args.batch, args.inputs + args.targets + 1),
                                 dtype=np.int32)
@@ -139,7 +138,7 @@ def _synthetic_batch(spec: BatchSpec, rng: np.random.Generator, args: argparse.N
         weights[:, args.inputs:] = 1
         inputs, targets = spec.tokens
         return {inputs: sequence[:, :-1], targets: sequence[:, 1:], spec.loss_weights: weights}
-    targets = rng.integers(2, args.vocab, shape, dtype=np.int32)
+    targets = rng.integers(2, args.vocab, (args.batch, args.targets), dtype=np.int32)
     encoder_inputs, decoder_inputs, _ = spec.tokens
     return {
         encoder_inputs: rng.integers(2, args.vocab, (args.batch, args.inputs), dtype=np.int32),

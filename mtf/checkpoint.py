@@ -268,8 +268,7 @@ def train_step_params(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
     """(config, float32 params) of `MODEL_DIR/checkpoints/<step>`: the parameters alone, no
     optimizer state."""
     path = resolved_path(path)
-    config = config_from_json(json.dumps(json.loads((path / "config" / "metadata")
-                                                      .read_text())))
+    config = config_from_json((path / "config" / "metadata").read_text())
     return config, restore_float32(path / "state", abstract_params(config), "params",
                                    "the parameters of this training step")
 

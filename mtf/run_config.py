@@ -1,11 +1,11 @@
 """A training run's configuration, typed: what gin/runs/finetune.gin binds, checked once.
 
-`RunConfig` gathers the small frozen configs of each concern (the model's `T5Config` or
-`LlamaConfig`, the
-data's `DataConfig`, the loss's `LossConfig`, `OptimizerConfig`, `CheckpointConfig`,
-`EvalConfig`) with the run's own settings. Train, plan and bench read the same object
-(`from_gin`), so what `mtf.plan` compiles is what `mtf.launch` would train. The gin macros
-(T5X's names: TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE, ...) are bound to its fields.
+`RunConfig` gathers the small frozen configs of each concern (the model's config:
+`T5Config`, `LlamaConfig` or `BloomConfig`; the data's `DataConfig`, the loss's
+`LossConfig`, `OptimizerConfig`, `CheckpointConfig`, `EvalConfig`) with the run's own
+settings. Train, plan and bench read the same object (`from_gin`), so what `mtf.plan`
+compiles is what `mtf.launch` would train. The gin macros (T5X's names: TRAIN_STEPS,
+BATCH_SIZE, LEARNING_RATE, ...) are bound to its fields.
 """
 
 from __future__ import annotations

@@ -25,12 +25,14 @@ import tensorflow as tf
 from mtf.data import cached_stream, records, seekable, seqio_tasks, token_cache
 from mtf.data.decoder_only import DecoderOnlyFeatureConverter
 from mtf.errors import SettingError
+from mtf.model import DECODER_ONLY
 from mtf.model import ENCODER_DECODER as SPEC
 from mtf.model.features import SequenceIds
 
 _IDS = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 # task feature -> batch feature: the per-token ids, packed beside the targets they describe
 METADATA_MODEL_FEATURES = dict(zip(seqio_tasks.METADATA_FEATURES, SPEC.ids, strict=True))
+DECODER_ONLY_METADATA = dict(zip(seqio_tasks.METADATA_FEATURES, DECODER_ONLY.ids, strict=True))
 
 
 class MetadataFeatureConverter(seqio.EncDecFeatureConverter):
@@ -66,7 +68,7 @@ def feature_converter(pack: bool, decoder_only: SequenceIds | None = None,
     if decoder_only is not None:
         return DecoderOnlyFeatureConverter(
             pack, decoder_only.bos_id, decoder_only.eos_id, loss_on_prompt,
-            METADATA_MODEL_FEATURES if metadata else None)
+            DECODER_ONLY_METADATA if metadata else None)
     if loss_on_prompt:
         raise SettingError("LOSS_ON_PROMPT is for decoder-only models (an encoder-decoder "
                            "reads the prompt in its encoder and predicts the targets only)")
