@@ -3,7 +3,9 @@
     python bench/plan_table.py [--table sizes|before_after|both] [--only TEXT] [--out FILE.md]
 
 `sizes`: every mT0 config with its gin defaults on the slice its model card names (and
-mt0-xxl on v4-64): fits or not, peak memory, step time and MFU ceiling.
+mt0-xxl on v4-64): fits or not, peak memory, FLOPs, HBM and interconnect traffic, the
+three roofline terms, step time and MFU ceiling (overlapped; in brackets, not), and any
+Pallas kernel the count leaves out.
 `before_after`: mt0_small on v4-64 and mt0_xxl on v4-256, first with the published
 settings as mtf ran them before the memory work (whole logits, no remat, unscanned, one
 microbatch, XLA attention and loss), then each change in turn, to show what each did to
@@ -86,15 +88,22 @@ def row(label: str, topology: str, r: dict) -> str:
                          "scan" if r["scan_layers"] else "unscanned",
                          *([] if r.get("loss_kernel", "xla") != "xla"
                            else [f"chunks {r['loss_chunks']}"])] + kernels)
-    return (f"| {label} | {topology} | {setting} | {fits} | {gib(r.get('temp_bytes'))} | "
-            f"{gib(r['peak_bytes'])} | {spare} | {r['xla_flops_per_device'] / 1e12:.1f} | "
-            f"{r['xla_bytes_per_device'] / 1e9:.0f} | {r['step_s']:.3f} | "
-            f"{100 * r['mfu_ceiling']:.0f}% |")
+    head = (f"| {label} | {topology} | {setting} | {fits} | {gib(r.get('temp_bytes'))} | "
+            f"{gib(r['peak_bytes'])} | {spare} | ")
+    if "step_s" not in r:  # no step time for what does not fit (or whose probe did not)
+        return head + "- | - | - | - | - | - | - |"
+    uncounted = ", ".join(sorted(set(r.get("uncounted_kernels") or []))) or "none"
+    return (head + f"{r['xla_flops_per_device'] / 1e12:.1f} | "
+            f"{r['xla_bytes_per_device'] / 1e9:.0f} | {r['ici_bytes_per_device'] / 1e9:.1f} | "
+            f"{r['compute_s']:.3f} / {r['memory_s']:.3f} / {r['ici_s']:.3f} | "
+            f"{r['step_s']:.3f} | {100 * r['mfu_ceiling']:.0f}% "
+            f"({100 * r['mfu_ceiling_no_overlap']:.0f}%) | {uncounted} |")
 
 
 HEADER = ("| config | slice | setting | fits | temporaries GiB | peak GiB | spare | "
-          "XLA TFLOP/device | HBM GB/device | roofline s/step | MFU ceiling |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "XLA TFLOP/device | HBM GB/device | ICI GB/device | compute / HBM / ICI s | "
+          "roofline s/step | MFU ceiling (no overlap) | kernels not counted |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> int:

@@ -5,8 +5,10 @@ Compiles the real train step (`run_setup.setup`: the same code, shardings, micro
 loss chunks and remat as `python -m mtf.launch`) for a TPU slice with libtpu's compile-only
 client on any machine, nothing executed. Prints per device: parameters, optimizer state,
 batch, temporaries and the compiler's peak against the chip's HBM; XLA's FLOPs and HBM
-traffic next to mtf's analytic model FLOPs; a roofline step time and MFU ceiling; the
-sharding of the largest arrays; and advice when it does not fit (exit 1).
+traffic next to mtf's analytic model FLOPs; the bytes its collectives move and their time on
+the slice's interconnect (`mtf.interconnect`); a roofline step time and MFU ceiling, with the
+three terms overlapped and not; the sharding of the largest arrays; and advice when it does
+not fit (exit 1, no cost compiles).
 
 Without libtpu (`pip install -e '.[tpu]'`), or for GPU slices (h100-8, a100-16), it compiles
 for simulated CPU devices and says so: memory is then the CPU compiler's, not the TPU's.
@@ -29,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mtf import cli, config, hardware, quiet
+from mtf import cli, config, hardware, interconnect, quiet
 from mtf.config import split_gin_flags
 
 GIB = hardware.GIB
@@ -120,18 +122,23 @@ def _out_of_memory(error: Exception) -> dict[str, Any] | None:
             "message": first.strip()}
 
 
-def _cost(compiled: Any) -> dict[str, float]:
+def _cost(compiled: Any, slice_: hardware.Slice | None = None,
+          devices: list[Any] | None = None) -> dict[str, Any]:
     """XLA's FLOPs and bytes, plus mtf's count of the Pallas kernels XLA cannot see into
-    (also reported apart, as kernel_flops / kernel_bytes)."""
+    (also reported apart, as kernel_flops / kernel_bytes); given the slice and the program's
+    devices, also what its collectives move and their time on the links (`interconnect`)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
-    kernels = kernel_costs(compiled.as_text() or "")
+    hlo = compiled.as_text() or ""
+    kernels = kernel_costs(hlo)
+    links = ({} if slice_ is None or devices is None
+             else interconnect.interconnect_cost(hlo, devices, slice_))
     return {"flops": float(analysis.get("flops", 0.0)) + kernels["flops"],
             "bytes": float(analysis.get("bytes accessed", 0.0)) + kernels["bytes"],
             "kernel_flops": kernels["flops"], "kernel_bytes": kernels["bytes"],
-            "uncounted_kernels": kernels["uncounted"]}
+            "uncounted_kernels": kernels["uncounted"]} | links
 
 
 _SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
@@ -188,10 +195,10 @@ def kernel_costs(hlo: str) -> dict[str, Any]:
     return {"flops": flops, "bytes": moved, "uncounted": uncounted}
 
 
-def _depth_probe_costs(config: Any, mesh: Any, depths: dict[str, int],
-                       optimizer_only: bool) -> dict[str, float]:
+def _depth_probe_costs(config: Any, mesh: Any, slice_: hardware.Slice, depths: dict[str, int],
+                       optimizer_only: bool) -> dict[str, Any]:
     """Cost of one microbatch's step (or the optimizer update alone) at a reduced depth,
-    compiled without loops: layers unscanned, loss chunks unrolled."""
+    compiled without loops: layers unscanned, loss chunks and microbatches unrolled."""
     import jax
     import optax
 
@@ -201,35 +208,40 @@ def _depth_probe_costs(config: Any, mesh: Any, depths: dict[str, int],
     probe_config = config.replace(
         model_config=model, num_microbatches=1,
         batch_size=config.batch_size // config.num_microbatches,
-        loss=dataclasses.replace(config.loss, unroll_chunks=True))
-    probe_setup = run_setup.setup(probe_config, list(mesh.devices.flat))
+        loss=dataclasses.replace(config.loss, unroll_loops=True))
+    devices = list(mesh.devices.flat)
+    probe_setup = run_setup.setup(probe_config, devices)
     probe, tx = probe_setup.program, probe_setup.optimizer
     if not optimizer_only:
-        return _cost(probe.compile())
+        return _cost(probe.compile(), slice_, devices)
     params, shardings = probe.abstract_state.params, probe.shardings
     update = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]),
                      in_shardings=(shardings.params, shardings.opt_state, shardings.params))
-    return _cost(update.lower(params, probe.abstract_state.opt_state, params).compile())
+    return _cost(update.lower(params, probe.abstract_state.opt_state, params).compile(),
+                 slice_, devices)
 
 
-def loop_free_cost(config: Any, mesh: Any) -> dict[str, float]:
-    """Per-device FLOPs and HBM bytes of one step as if nothing were a loop.
+def loop_free_cost(config: Any, mesh: Any, slice_: hardware.Slice) -> dict[str, Any]:
+    """Per-device FLOPs, HBM bytes and collective bytes / link time of one step as if
+    nothing were a loop.
 
     XLA counts a loop body once, so the step is compiled without loops with one layer in
     every stack of the model's family (mT5: encoder, decoder; decoder-only: one), then
     with two in each stack in turn, and the cost extended linearly to the full depth
     (every layer is the same program; `test_plan` checks the extension against a full
     unscanned compile). k microbatches cost k one-microbatch steps less k - 1 optimizer
-    updates (extended the same way).
+    updates (extended the same way; `test_plan` checks both against a compile with the
+    microbatches unrolled).
     """
     depth = config.layer_stacks
     ones = dict.fromkeys(depth, 1)
 
     def extended(optimizer_only: bool) -> dict[str, float]:
-        base = _depth_probe_costs(config, mesh, ones, optimizer_only)
+        base = _depth_probe_costs(config, mesh, slice_, ones, optimizer_only)
         out = {key: base[key] for key in base if key != "uncounted_kernels"}
         for stack, layers in depth.items():
-            deeper = _depth_probe_costs(config, mesh, {**ones, stack: 2}, optimizer_only)
+            deeper = _depth_probe_costs(config, mesh, slice_, {**ones, stack: 2},
+                                        optimizer_only)
             for key in out:
                 out[key] += (layers - 1) * (deeper[key] - base[key])
         return out | {"uncounted_kernels": sorted(set(base["uncounted_kernels"]))}
@@ -330,7 +342,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
     counted = None
     if cost and report["fits"]:  # what does not fit has no step time to estimate
         try:
-            counted = loop_free_cost(config, mesh)
+            counted = loop_free_cost(config, mesh, slice_)
         except Exception as e:  # a loop-free probe can need more HBM than the run itself
             oom = _out_of_memory(e)
             if oom is None:
@@ -339,19 +351,28 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
                 "not estimated: a loop-free cost compile (one microbatch, 1-2 layers, the "
                 f"loss chunks unrolled) does not fit: {oom['message']}")
     if counted is not None:
-        compute_s = counted["flops"] / chip.peak_bf16_flops
-        memory_s = counted["bytes"] / chip.hbm_bandwidth
-        step_s = max(compute_s, memory_s)
+        terms = {"compute": counted["flops"] / chip.peak_bf16_flops,
+                 "memory": counted["bytes"] / chip.hbm_bandwidth,
+                 "interconnect": counted["ici_s"]}
+        step_s, no_overlap_s = max(terms.values()), sum(terms.values())
+        ideal_s = analytic / chip.peak_bf16_flops
         report.update(xla_flops_per_device=counted["flops"],
-                      xla_bytes_per_device=counted["bytes"], compute_s=compute_s,
-                      memory_s=memory_s, step_s=step_s,
-                      bound="memory" if memory_s > compute_s else "compute",
-                      mfu_ceiling=analytic / chip.peak_bf16_flops / step_s,
+                      xla_bytes_per_device=counted["bytes"], compute_s=terms["compute"],
+                      memory_s=terms["memory"], ici_s=terms["interconnect"],
+                      ici_bytes_per_device=counted["ici_bytes"],
+                      ici_bytes_by_kind={kind: counted[f"ici_bytes_{kind}"]
+                                         for kind in interconnect.KINDS},
+                      step_s=step_s, step_no_overlap_s=no_overlap_s,
+                      bound=max(terms, key=terms.get),
+                      mfu_ceiling=ideal_s / step_s,
+                      mfu_ceiling_no_overlap=ideal_s / no_overlap_s,
                       kernel_flops_per_device=counted["kernel_flops"],
                       kernel_bytes_per_device=counted["kernel_bytes"],
                       uncounted_kernels=counted["uncounted_kernels"],
                       cost_from="loop-free compiles of one microbatch at depths 1-2, "
-                                "extended to the full depth, x microbatches")
+                                "extended to the full depth, x microbatches",
+                      ici_from=f"{chip.name} links at {chip.ici_link_bandwidth / 1e9:g} GB/s "
+                               "one way, the dimensions each collective's group spans")
     if not report["fits"]:
         report["advice"] = _advice(config, report["mesh"],
                                    report["params_bytes"] + report["opt_state_bytes"]
@@ -402,9 +423,15 @@ def format_report(r: dict[str, Any]) -> str:
             if r.get("kernel_bytes_per_device") else []) + ([
             f"    NOT counted: Pallas kernels without a cost estimate: "
             f"{', '.join(r['uncounted_kernels'])}"] if r.get("uncounted_kernels") else []) + [
+            f"  collectives: {r['ici_bytes_per_device'] / 1e9:.1f} GB per device ("
+            + ", ".join(f"{kind} {moved / 1e9:.1f}" for kind, moved
+                        in r["ici_bytes_by_kind"].items() if moved)
+            + f"), over {r['ici_from']}",
             f"  roofline: {r['compute_s']:.3f} s of arithmetic, {r['memory_s']:.3f} s of "
-            f"memory traffic -> {r['step_s']:.3f} s/step ({r['bound']}-bound), MFU ceiling "
-            f"{100 * r['mfu_ceiling']:.1f}%"]
+            f"memory traffic, {r['ici_s']:.3f} s on the interconnect -> {r['step_s']:.3f} "
+            f"s/step if they overlap ({r['bound']}-bound), {r['step_no_overlap_s']:.3f} s if "
+            f"not; MFU ceiling {100 * r['mfu_ceiling']:.1f}% "
+            f"({100 * r['mfu_ceiling_no_overlap']:.1f}% without overlap)"]
     if r.get("cost_error"):
         lines.append(f"  FLOPs and traffic {r['cost_error']}")
     lines.append("  largest arrays (global shape, sharding, per device):")

@@ -29,7 +29,7 @@ class LossConfig:
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
     chunks: int = 1
-    unroll_chunks: bool = False  # for `mtf.plan`'s cost compile: XLA counts a loop body once
+    unroll_loops: bool = False  # loss chunks, microbatches: XLA's cost analysis counts a loop once
     kernel: str = "xla"  # LOSS_KERNEL: one of losses.LOSS_KERNELS
 
     def __post_init__(self) -> None:
@@ -60,7 +60,7 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, family:
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
         losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
-                           loss.unroll_chunks, kernel_grad=frozen is None,
+                           loss.unroll_loops, kernel_grad=frozen is None,
                            kernel=loss.kernel))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}
@@ -84,9 +84,10 @@ def _join_microbatches(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int):
+def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int, unroll: bool = False):
     """fn(microbatch, index) -> (sums, per_row): the sums added over the microbatches (one
-    scan), the per-row results back in batch order; k = 1 calls fn(batch, None) once."""
+    scan, or unrolled for `mtf.plan`'s cost compiles), the per-row results back in batch
+    order; k = 1 calls fn(batch, None) once."""
     if num_microbatches == 1:
         return fn(batch, None)
     micro = _split_microbatches(batch, num_microbatches)
@@ -100,7 +101,8 @@ def _summed_over_microbatches(fn, batch: Batch, num_microbatches: int):
     shapes = jax.eval_shape(lambda mb: fn(mb, jnp.int32(0))[0],
                             jax.tree.map(lambda x: x[0], micro))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    sums, per_row = jax.lax.scan(body, zero, (jnp.arange(num_microbatches), micro))
+    sums, per_row = jax.lax.scan(body, zero, (jnp.arange(num_microbatches), micro),
+                                 unroll=num_microbatches if unroll else 1)
     return sums, _join_microbatches(per_row)
 
 
@@ -118,7 +120,7 @@ def gradients(params: Any, batch: Batch, dropout_rng: jax.Array | None, family: 
         return (numerator, stats, grads), token_loss
 
     (numerator, stats, grads), token_loss = _summed_over_microbatches(
-        terms, batch, num_microbatches)
+        terms, batch, num_microbatches, loss.unroll_loops)
     norm = losses.normalizer(loss.normalizing_factor, stats["denominator"])
     grads = jax.tree.map(lambda g: g / norm, grads)
     return numerator / norm, grads, {"z_loss": stats["z_numerator"] / norm,

@@ -77,22 +77,46 @@ def test_gpu_slices_and_missing_libtpu_fall_back_to_simulated_devices(tmp_path):
 
 
 @pytest.mark.slow
-def test_mt0_small_on_v4_8_does_not_fit_and_says_what_to_change(tmp_path):
-    """Batch 512 of 1024 + 1024 tokens on 4 chips: the TPU compiler refuses; exit 1 with
-    advice, not a traceback."""
-    done, report = plan(tmp_path, "--gin_file=gin/mt0_small.gin", "--topology=v4-8",
-                        "--no_cost", "--gin.NUM_MICROBATCHES=1", "--gin.LOSS_CHUNKS=1",
-                        "--gin.LOSS_KERNEL='xla'")
+def test_mt0_xxl_on_one_v4_8_host_does_not_fit_and_says_what_to_change(tmp_path):
+    """13B parameters and their optimizer state on 4 chips, the plan's cost compiles left at
+    their default: the report with the compiler's figure and advice, exit 1, no traceback
+    (the loop-free cost compiles, which would need more still, are not tried)."""
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_xxl.gin", "--topology=v4-8")
     assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert report["compiled_by"].startswith("the TPU compiler") and not report["fits"]
     assert report["peak_bytes"] > report["hbm_bytes"]
+    assert "RESOURCE_EXHAUSTED" in report["compiler"] or "memory" in report["compiler"]
     assert "DOES NOT FIT" in done.stdout and "advice: " in done.stdout
-    assert any("NUM_MICROBATCHES" in tip for tip in report["advice"])
-    assert any("LOSS_CHUNKS" in tip for tip in report["advice"])
+    assert "step_s" not in report and "cost_error" not in report
+    tips = " ".join(report["advice"])
+    assert "shard them over more devices" in tips and "NUM_MICROBATCHES=2" in tips
     check_memory_figures(report)
     # Quiet: neither TensorFlow's nor libtpu's start-up lines (issue 12).
     assert not any(n in done.stderr for n in ("oneDNN", "absl::InitializeLog",
                                               "TPU_WORKER_HOSTNAMES")), done.stderr[-2000:]
+
+
+def test_the_advice_names_each_setting_that_would_help():
+    """Advice from the run config alone: what a plan that does not fit prints (no compile)."""
+    import gin
+
+    from mtf import config
+    from mtf import plan as plan_lib
+    try:
+        config.parse(["gin/mt0_small.gin"], ["MODEL_DIR=/nonexistent", "NUM_MICROBATCHES=1",
+                                             "LOSS_CHUNKS=1", "LOSS_KERNEL='xla'",
+                                             "MESH_SHAPE=(4, 1, 1)"])
+        run = plan_lib.run_config()
+    finally:
+        gin.clear_config()
+    tips = plan_lib._advice(run, {"data": 4, "fsdp": 1, "model": 1}, 20 * 2 ** 30,
+                            30.75 * 2 ** 30)
+    text = " ".join(tips)
+    for setting in ("shard them over more devices", "REMAT_POLICY", "LOSS_CHUNKS=8",
+                    "NUM_MICROBATCHES=2"):
+        assert setting in text, (setting, tips)
+    assert "tensor parallelism" not in text  # d_model 512: not worth a model axis
 
 
 def test_a_batch_that_does_not_split_over_the_mesh_is_one_line(tmp_path):
@@ -106,33 +130,72 @@ def test_a_batch_that_does_not_split_over_the_mesh_is_one_line(tmp_path):
 
 
 def test_loop_free_cost_extends_to_the_full_depth_exactly(tmp_path):
-    """FLOPs/traffic extended from depths 1-2 equal a full unscanned, unrolled compile."""
+    """FLOPs, HBM traffic and collectives extended from depths 1-2 equal the TPU compiler's
+    count of the whole step compiled with every loop unrolled (layers, chunks, microbatches);
+    a looping compile undercounts them all."""
     code = """
-import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-import dataclasses
-from mtf import config, partitioning, plan, run_setup
-config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(2, 2, 1)", "NUM_MICROBATCHES=2",
-                                    "LOSS_CHUNKS=2", "SCAN_LAYERS=True",
-                                    "model.T5Config.num_encoder_layers=3"])
-run = plan.run_config()
-mesh = partitioning.make_mesh(run.mesh_shape)
-extended = plan.loop_free_cost(run, mesh)
-full = run.replace(model_config=run.model_config.replace(scan_layers=False), num_microbatches=1,
-                   loss=dataclasses.replace(run.loss, unroll_chunks=True))
-program = run_setup.setup(full).program
-print(json.dumps({"extended": extended, "full": plan._cost(program.compile()),
-                  "scanned": plan._cost(run_setup.setup(run).program.compile())}))
+import json, sys, dataclasses
+from mtf import config, hardware, plan
+slice_ = hardware.parse_slice("v4-8")
+how = plan._environment(slice_)
+from mtf import partitioning, run_setup
+config.parse(["gin/mt0_tiny.gin"], ["MESH_SHAPE=(2, 2, 1)", "LOSS_CHUNKS=2",
+                                    "SCAN_LAYERS=True", "model.T5Config.num_encoder_layers=3"])
+out = {}
+for k in (1, 2):
+    run = plan.run_config().replace(num_microbatches=k)
+    mesh = partitioning.make_mesh(run.mesh_shape, plan._devices(slice_, how))
+    devices = list(mesh.devices.flat)
+    full = run.replace(model_config=run.model_config.replace(scan_layers=False),
+                       loss=dataclasses.replace(run.loss, unroll_loops=True))
+    out[k] = {"extended": plan.loop_free_cost(run, mesh, slice_),
+              "full": plan._cost(run_setup.setup(full, devices).program.compile(), slice_,
+                                 devices),
+              "scanned": plan._cost(run_setup.setup(run, devices).program.compile(), slice_,
+                                    devices)}
+print(json.dumps(out))
 """
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     costs = json.loads(done.stdout.strip().splitlines()[-1])
-    # the full compile here takes the whole batch at once: the same FLOPs as 2 microbatches
-    assert costs["extended"]["flops"] == pytest.approx(costs["full"]["flops"], rel=0.02)
+    one, two = costs["1"], costs["2"]
+    for key in ("flops", "bytes", "ici_bytes", "ici_s", "ici_bytes_all-gather",
+                "ici_bytes_reduce-scatter", "ici_bytes_all-reduce"):
+        assert one["extended"][key] == pytest.approx(one["full"][key], rel=0.01), key
+    assert one["full"]["ici_bytes_all-gather"] > 0 and one["full"]["ici_bytes_reduce-scatter"] > 0
+    # 2 microbatches: the same FLOPs as one unrolled compile. Its collectives are fewer: it
+    # gathers the weights and reduce-scatters the gradients once for both, while the step's
+    # microbatch loop does both in every iteration, as the extension counts them.
+    assert two["extended"]["flops"] == pytest.approx(two["full"]["flops"], rel=0.01)
+    assert two["extended"]["ici_bytes"] > 1.5 * one["extended"]["ici_bytes"]
     # ... and a scanned, looping compile undercounts: the trap this guards against
-    assert costs["scanned"]["flops"] < 0.7 * costs["full"]["flops"]
+    for k in (one, two):
+        assert k["scanned"]["flops"] < 0.7 * k["full"]["flops"]
+        assert k["scanned"]["ici_bytes"] < 0.7 * k["full"]["ici_bytes"]
+        assert k["scanned"]["bytes"] < 0.8 * k["full"]["bytes"]
+
+
+def test_a_ceiling_computed_end_to_end_equals_the_hand_calculation(tmp_path):
+    """mt0-tiny data parallel on a v4-8 (2x2x1 chips, no wrap-around): the gradients'
+    all-reduce moves 2 x 3/4 of the float32 parameters per chip over one link along each of
+    the 2 dimensions at 45 GB/s; the ceiling is the analytic FLOPs' time at 275 TFLOP/s over
+    the slowest of the three terms."""
+    done, r = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=v4-8",
+                   "--gin.BATCH_SIZE=16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert r["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+    gradients = 2 * 3 / 4 * r["params_bytes"]  # replicated: a device holds all of them
+    assert r["ici_bytes_by_kind"]["all-reduce"] == pytest.approx(gradients, rel=0.01)
+    assert r["ici_s"] == pytest.approx(gradients / (2 * 45e9), rel=0.01)
+    assert r["compute_s"] == pytest.approx(r["xla_flops_per_device"] / 275e12)
+    assert r["memory_s"] == pytest.approx(r["xla_bytes_per_device"] / 1228e9)
+    terms = (r["compute_s"], r["memory_s"], r["ici_s"])
+    ideal = r["model_flops_per_device"] / 275e12
+    assert r["mfu_ceiling"] == pytest.approx(ideal / max(terms))
+    assert r["mfu_ceiling_no_overlap"] == pytest.approx(ideal / sum(terms))
+    assert "on the interconnect" in done.stdout and "without overlap" in done.stdout
 
 
 def test_the_plan_counts_what_xla_cannot_see_inside_pallas_kernels(tmp_path):
