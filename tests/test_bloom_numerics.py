@@ -2,6 +2,8 @@
 implementation, torch on the CPU), on random weights in float32, on odd shapes: 6 heads
 (ALiBi's slopes beyond a power of two), a head size of 8, a vocabulary of 301."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +216,55 @@ def test_lora_on_bloom_starts_as_the_base_and_trains_the_adapters_alone(bloom):
     merged = lora.merge(lora.join(base, trained), adapted)
     np.testing.assert_allclose(ours(config, merged, tokens),
                                ours(adapted, lora.join(base, trained), tokens), atol=1e-4)
+
+
+def test_lora_adapters_go_to_and_from_hf_peft_through_the_fused_query_key_value(
+        tmp_path, bloom):
+    """mtf's query/key/value adapters are written as one rank-3r PEFT adapter of the fused
+    query_key_value (rank_pattern / alpha_pattern) that `peft.PeftModel` on BloomForCausalLM
+    runs to mtf's logits; PEFT's own adapters (its default target, query_key_value, and the
+    MLP) read back to PEFT's logits; differing scales are refused by name."""
+    import copy
+
+    import peft as hf_peft
+
+    from mtf.convert import peft
+    from mtf.convert.errors import CheckpointError
+    from mtf.model import LoraConfig, lora
+    from mtf.model.params import init_params
+
+    model, config, base = bloom
+    adapted = config.replace(lora=LoraConfig(rank=4, alpha=8.0,
+                                             targets=r"/(query|value|wo)/kernel$"))
+    rng = np.random.default_rng(8)
+    _, fresh = lora.split(init_params(adapted, jax.random.key(1)))
+    trained = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(np.float32), fresh)
+    peft.save(tmp_path / "adapter", adapted, trained, "tiny-bloom")
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert written["rank_pattern"] == {"query_key_value": 12}
+    assert written["alpha_pattern"] == {"query_key_value": 24.0}
+    tokens = np.random.default_rng(9).integers(1, VOCAB, (2, 9))
+    mine = ours(adapted, lora.join(base, trained), tokens)
+    reference = hf_peft.PeftModel.from_pretrained(copy.deepcopy(model),
+                                                  tmp_path / "adapter").eval()
+    np.testing.assert_allclose(hf_logits(reference, tokens), mine, atol=1e-4)
+    # back in mtf: rank 12 everywhere (the MLP's rank-4 adapter padded with zeros)
+    loaded_config, loaded = peft.load(tmp_path / "adapter", config)
+    assert (loaded_config.lora.rank, loaded_config.lora.alpha) == (12, 24.0)
+    np.testing.assert_allclose(ours(loaded_config, lora.join(base, loaded), tokens), mine,
+                               atol=1e-5)
+
+    theirs = hf_peft.get_peft_model(copy.deepcopy(model), hf_peft.LoraConfig(
+        r=3, lora_alpha=6, target_modules=["query_key_value", "dense_4h_to_h"],
+        init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    theirs.save_pretrained(tmp_path / "theirs")
+    their_config, their_adapters = peft.load(tmp_path / "theirs", config)
+    assert their_config.lora.rank == 3
+    np.testing.assert_allclose(
+        ours(their_config, lora.join(base, their_adapters), tokens),
+        hf_logits(theirs, tokens), atol=1e-4)
+    settings = tmp_path / "theirs" / "adapter_config.json"
+    changed = json.loads(settings.read_text()) | {"alpha_pattern": {"dense_4h_to_h": 9}}
+    settings.write_text(json.dumps(changed))
+    with pytest.raises(CheckpointError, match="one scale for every module"):
+        peft.load(tmp_path / "theirs", config)

@@ -123,6 +123,39 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: BloomConfig) -> Pa
     return traverse_util.unflatten_dict(flat)
 
 
+def lora_modules(config: BloomConfig) -> dict[str, tuple[str, int | None]]:
+    """mtf kernel path (unscanned) -> (HF module name, its slot in the fused
+    query_key_value or None) for the kernels LoRA can target: what PEFT adapts."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for i in range(config.num_layers):
+        layer, prefix = f"decoder/layers_{i}/", f"transformer.h.{i}."
+        for path, hf_name in _LAYER_NAMES.items():
+            if path[-1] == "kernel":
+                out[layer + "/".join(path)] = (prefix + hf_name[:-len(".weight")], None)
+        for slot, name in enumerate(_QKV):
+            out[f"{layer}attention/{name}/kernel"] = (
+                prefix + "self_attention.query_key_value", slot)
+    return out
+
+
+def fuse_lora_b(parts: list[np.ndarray], config: BloomConfig) -> np.ndarray:
+    """PEFT's lora_B [3 emb, 3r] of the fused query_key_value from mtf's query, key and
+    value lora_b ([r, emb] each): block j of the rank feeds only slot j of every head."""
+    heads, head_dim = config.num_heads, config.head_dim
+    rank = parts[0].shape[0]
+    fused = np.zeros((heads, 3, head_dim, 3 * rank), np.float32)
+    for slot, b in enumerate(parts):
+        fused[:, slot, :, slot * rank:(slot + 1) * rank] = b.T.reshape(heads, head_dim, rank)
+    return fused.reshape(3 * config.emb_dim, 3 * rank)
+
+
+def split_lora_b(fused: np.ndarray, config: BloomConfig) -> list[np.ndarray]:
+    """mtf's query, key and value lora_b ([r, emb]) of PEFT's fused lora_B [3 emb, r]."""
+    heads, head_dim = config.num_heads, config.head_dim
+    rows = fused.reshape(heads, 3, head_dim, fused.shape[-1])
+    return [rows[:, slot].reshape(heads * head_dim, -1).T.copy() for slot in range(3)]
+
+
 def params_to_hf(params: Params, config: BloomConfig) -> dict[str, np.ndarray]:
     """HF's state dict (float32 numpy) from mtf's unscanned parameter tree."""
     flat = {k: np.asarray(v, np.float32)
