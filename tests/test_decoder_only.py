@@ -295,18 +295,12 @@ def test_the_tiny_bloomz_recipe_trains(tmp_path):
     assert config["family"] == "bloom"
 
 
-def test_settings_the_decoder_only_batches_cannot_take_are_refused():
-    """A token cache (encoder-decoder batches) under a decoder-only model, and
-    LOSS_ON_PROMPT under an encoder-decoder one, each name the fix."""
-    import dataclasses
-
+def test_loss_on_prompt_under_an_encoder_decoder_is_refused():
+    """LOSS_ON_PROMPT under an encoder-decoder model names the fix."""
     from mtf.data import batches
     from mtf.errors import SettingError
     from mtf.model.features import SequenceIds
 
-    data = batches.DataConfig(cache_dir="/tmp/some-cache")
-    with pytest.raises(SettingError, match="unset DATA_CACHE_DIR"):
-        dataclasses.replace(data, decoder_only=SequenceIds(1, 2))
     with pytest.raises(SettingError, match="LOSS_ON_PROMPT is for decoder-only models"):
         batches.feature_converter(True, None, loss_on_prompt=True)
     assert isinstance(batches.feature_converter(True, SequenceIds(None, 1), True),

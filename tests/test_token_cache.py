@@ -1,6 +1,7 @@
 """The token cache: seqio's very features, read from any position, each process its share,
 stale or damaged caches refused with one line."""
 
+import dataclasses
 import json
 import os
 
@@ -112,6 +113,64 @@ def _packed_rows(examples):
     return [{k: v for k, v in r.items() if k not in ("used", "segment")} for r in rows]
 
 
+@pytest.mark.parametrize("pack,bos,loss_on_prompt", [(False, 1, False), (True, 1, False),
+                                                     (True, None, True)])
+def test_cached_decoder_only_batches_are_the_converters_sequences(cache, pack, bos,
+                                                                  loss_on_prompt):
+    """A decoder-only run reads the same cache: the task examples as one sequence each (BOS,
+    prompt without its EOS, response), weights and ids, packed or not, equal
+    DecoderOnlyFeatureConverter's on tf.data; `batches()` serves them from DATA_CACHE_DIR."""
+    from mtf.data.decoder_only import DecoderOnlyFeatureConverter
+    from mtf.model import DECODER_ONLY
+    from mtf.model.features import SequenceIds
+
+    ids = SequenceIds(bos, 1)
+    opened = token_cache.open_cache(str(cache), seqio.get_mixture_or_task("xp3"), "train",
+                                    LENGTHS)
+    eos = {"inputs": 1, "targets": 1}
+    sequences = [cached_stream.decoder_only_sequence(ids, loss_on_prompt, cached_stream._example(  # noqa: SLF001
+        LENGTHS, eos, opened.source("xp3_en")[i])) for i in range(12)]
+    task = seqio.get_mixture_or_task("xp3_en")
+    ds = task.get_dataset(LENGTHS, split="train", shuffle=False, num_epochs=1,
+                          shard_info=seqio.ShardInfo(0, 2))
+    converter = DecoderOnlyFeatureConverter(pack, bos, 1, loss_on_prompt,
+                                            batches.DECODER_ONLY_METADATA)
+    expected = next(converter(ds.take(12), batches.task_feature_lengths(LENGTHS))
+                    .batch(12).as_numpy_iterator())
+    length = LENGTHS["inputs"] + LENGTHS["targets"]
+    if pack:
+        rows = _packed_sequence_rows(sequences, length)
+        ours = cached_stream.packed_sequences(rows[:len(expected[DECODER_ONLY.targets])])
+    else:
+        ours = cached_stream.unpacked_sequences(length, sequences)
+    assert_same(ours, expected)
+    assert ours[DECODER_ONLY.loss_weights].sum() < (ours[DECODER_ONLY.targets] > 0).sum() or (
+        loss_on_prompt)
+    served = batches.batches(dataclasses.replace(config(cache, pack), decoder_only=ids,
+                                                 loss_on_prompt=loss_on_prompt), 4)
+    batch = next(served)
+    assert set(batch) == set(expected) and batch[DECODER_ONLY.targets].shape == (4, length)
+
+
+def _packed_sequence_rows(sequences, length):
+    """Consecutive sequences packed greedily into rows of `length`, as seqio packs them."""
+    rows, used = [], length
+    for sequence in sequences:
+        size = len(sequence["decoder_target_tokens"])
+        if used + size > length:
+            rows.append({f"{k}{suffix}": np.zeros(length, np.int32) for k in sequence
+                         for suffix in ("", "_segment_ids", "_positions")} | {"segment": 0})
+            used = 0
+        row = rows[-1]
+        row["segment"] += 1
+        for key, values in sequence.items():
+            row[key][used:used + size] = values
+            row[f"{key}_segment_ids"][used:used + size] = row["segment"]
+            row[f"{key}_positions"][used:used + size] = np.arange(size)
+        used += size
+    return [{k: v for k, v in r.items() if k != "segment"} for r in rows]
+
+
 def test_mixture_draws_the_uncached_streams_task_sequence(cache):
     """The cached mixture keeps the rates and ids: its task at each position is the one
     the uncached stream draws there (seekable's seeded blocks), languages and tasks intact."""
@@ -134,9 +193,14 @@ def test_mixture_draws_the_uncached_streams_task_sequence(cache):
     assert ids == {seqio_tasks.task_id(t.name) for t in provider.tasks}
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_resuming_at_a_position_gives_the_same_batches(cache, pack):
-    data = config(cache, pack)
+@pytest.mark.parametrize("pack,decoder_only", [(False, False), (True, False), (True, True)])
+def test_resuming_at_a_position_gives_the_same_batches(cache, pack, decoder_only):
+    """Unpacked streams resume from the position, packed ones from the packer's state;
+    decoder-only sequences (BOS 1, EOS 1) alike."""
+    from mtf.model.features import SequenceIds
+
+    data = dataclasses.replace(config(cache, pack),
+                               decoder_only=SequenceIds(1, 1) if decoder_only else None)
     stream = batches.batches(data, 8)
     reference, states = [], []
     for _ in range(12):  # more than an epoch of the smallest task's share: reshuffled
@@ -147,7 +211,7 @@ def test_resuming_at_a_position_gives_the_same_batches(cache, pack):
         resumed = batches.batches(data, 8, position, state=states[position])
         for expected in reference[position:]:
             assert_same(next(resumed), expected)
-    if pack:
+    if pack and not decoder_only:
         rows = reference[0]["decoder_segment_ids"]
         assert rows.max() > 1  # several examples a row
         targets = reference[0]["decoder_target_tokens"]

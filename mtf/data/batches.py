@@ -112,11 +112,6 @@ class DataConfig:
     # the batches are then one sequence per example (data/decoder_only.py)
     decoder_only: SequenceIds | None = None
 
-    def __post_init__(self) -> None:
-        if self.decoder_only is not None and self.cache_dir:
-            raise SettingError("DATA_CACHE_DIR holds encoder-decoder batches; a decoder-only "
-                               "run reads its tasks directly for now: unset DATA_CACHE_DIR")
-
 
 def provider(config: DataConfig) -> seqio.Task | seqio.Mixture:
     """The configured task or mixture, or an error saying how to register it."""
@@ -217,7 +212,7 @@ def batches(config: DataConfig, batch_size: int, position: int = 0, process_inde
     return Batches(cached_stream.CachedBatches(
         cache, provider(config), task_feature_lengths(config.task_feature_lengths),
         config.pack, config.seed, batch_size // process_count, position, process_index,
-        process_count, state))
+        process_count, state, config.decoder_only, config.loss_on_prompt))
 
 
 def record_errors_unwrapped(iterator: Iterator[dict[str, np.ndarray]]

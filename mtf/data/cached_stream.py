@@ -10,8 +10,8 @@ example stream, how many of the window's rows were used) is saved with each chec
 resuming re-packs that one window.
 
 The task features -> model features step is seqio's EncDecFeatureConverter (plus mtf's
-per-token ids) written in numpy, since seqio's runs on tf.data only; tests hold the two
-equal.
+per-token ids), or for a decoder-only model `decoder_only.DecoderOnlyFeatureConverter`,
+written in numpy, since those run on tf.data only; tests hold each pair equal.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ import numpy as np
 import seqio
 
 from mtf.data import seekable, seqio_tasks, token_cache
+from mtf.model import DECODER_ONLY
 from mtf.model import ENCODER_DECODER as SPEC
+from mtf.model.features import SequenceIds
 
 _IDS = seqio_tasks.METADATA_FEATURES  # (language, task): the task features of the ids
 # Threads that read and decode batches ahead of the trainer (reads release the GIL).
@@ -145,6 +147,49 @@ def packed_features(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarr
             SPEC.language: stacked[_IDS[0]], SPEC.task: stacked[_IDS[1]]}
 
 
+def decoder_only_sequence(sequence_ids: SequenceIds, loss_on_prompt: bool,
+                          example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An example's task features as one decoder-only sequence, shifted, with its loss
+    weights and per-token ids: `DecoderOnlyFeatureConverter._sequence` in numpy."""
+    prompt, response = example["inputs"], example["targets"]
+    if len(prompt) and prompt[-1] == sequence_ids.eos_id:
+        prompt = prompt[:-1]
+    if sequence_ids.bos_id is not None:
+        prompt = np.concatenate([[sequence_ids.bos_id], prompt])
+    sequence = np.concatenate([prompt, response]).astype(np.int32)
+    on_response = np.concatenate([np.zeros(len(prompt)), np.ones(len(response))])
+    weights = np.ones(len(sequence)) if loss_on_prompt else on_response
+    input_tokens, target_tokens = DECODER_ONLY.tokens
+    out = {input_tokens: sequence[:-1], target_tokens: sequence[1:],
+           DECODER_ONLY.loss_weights: weights[1:].astype(np.int32)}
+    for task_feature, name in zip(_IDS, DECODER_ONLY.ids, strict=True):
+        ids = example[task_feature]
+        fill = np.full(len(prompt), ids[0]) if loss_on_prompt else np.zeros(len(prompt))
+        out[name] = np.concatenate([fill, ids])[1:].astype(np.int32)
+    return out
+
+
+def unpacked_sequences(length: int, sequences: Sequence[dict[str, np.ndarray]]
+                       ) -> dict[str, np.ndarray]:
+    """A batch of decoder-only sequences padded to `length`."""
+    out = {k: np.zeros((len(sequences), length), np.int32) for k in sequences[0]}
+    for row, sequence in enumerate(sequences):
+        for key, array in out.items():
+            array[row, :len(sequence[key])] = sequence[key]
+    return out
+
+
+def packed_sequences(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Grain's packed rows of decoder-only sequences as the converter packs them: one
+    segment id and position per token (those of the targets)."""
+    stacked = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+    names = (*DECODER_ONLY.tokens, DECODER_ONLY.loss_weights, *DECODER_ONLY.ids)
+    segments, positions = DECODER_ONLY.packing
+    return {**{k: stacked[k] for k in names},
+            segments: stacked[f"{DECODER_ONLY.targets}_segment_ids"],
+            positions: stacked[f"{DECODER_ONLY.targets}_positions"]}
+
+
 def task_seed(seed: int, task_name: str, process_index: int) -> int:
     return zlib.crc32(f"{seed}:{task_name}:{process_index}".encode()) & 0x7FFFFFFF
 
@@ -168,14 +213,29 @@ class CachedBatches(Iterator[dict[str, np.ndarray]]):
     def __init__(self, cache: token_cache.TokenCache, provider: seqio.Task | seqio.Mixture,
                  lengths: Mapping[str, int], pack: bool, seed: int, local_batch: int,
                  position: int, process_index: int, process_count: int,
-                 state: dict[str, Any] | None = None) -> None:
+                 state: dict[str, Any] | None = None,
+                 decoder_only: SequenceIds | None = None, loss_on_prompt: bool = False
+                 ) -> None:
         stream = examples(cache, provider, lengths, seed, process_index, process_count)
         options = grain.ReadOptions(num_threads=READ_THREADS,
                                     prefetch_buffer_size=PREFETCH_BATCHES)
         self.pack = pack
+        if decoder_only is None:
+            unpacked = functools.partial(unpacked_features, lengths)
+            length_struct = {"inputs": lengths["inputs"], "targets": lengths["targets"],
+                             **{k: lengths["targets"] for k in _IDS}}
+            packed_batch = packed_features
+        else:  # one sequence per example, as long as inputs + targets
+            stream = stream.map(functools.partial(decoder_only_sequence, decoder_only,
+                                                  loss_on_prompt))
+            length = DECODER_ONLY.length(DECODER_ONLY.targets, lengths)
+            unpacked = functools.partial(unpacked_sequences, length)
+            length_struct = {k: length for k in (*DECODER_ONLY.tokens,
+                                                 DECODER_ONLY.loss_weights,
+                                                 *DECODER_ONLY.ids)}
+            packed_batch = packed_sequences
         if not pack:
-            batched = stream.batch(local_batch, drop_remainder=True,
-                                   batch_fn=functools.partial(unpacked_features, lengths))
+            batched = stream.batch(local_batch, drop_remainder=True, batch_fn=unpacked)
             self._iterator = iter(batched.slice(slice(position, None)).to_iter_dataset(options))
             return
         # Examples are read in order here (a read is ~0.1 ms; Grain's per-element thread
@@ -183,11 +243,9 @@ class CachedBatches(Iterator[dict[str, np.ndarray]]):
         # ahead in a thread; the state is that of the last batch handed out.
         packed = grain.experimental.FirstFitPackIterDataset(
             stream.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)),
-            length_struct={"inputs": lengths["inputs"], "targets": lengths["targets"],
-                           **{k: lengths["targets"] for k in _IDS}},
-            num_packing_bins=local_batch, shuffle_bins=False)
+            length_struct=length_struct, num_packing_bins=local_batch, shuffle_bins=False)
         self._iterator = iter(grain.experimental.ThreadPrefetchIterDataset(
-            packed.batch(local_batch, drop_remainder=True, batch_fn=packed_features),
+            packed.batch(local_batch, drop_remainder=True, batch_fn=packed_batch),
             prefetch_buffer_size=PREFETCH_BATCHES))
         if state is not None:
             self._iterator.set_state(state)
