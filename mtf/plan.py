@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -257,7 +258,8 @@ def loop_free_cost(config: Any, mesh: Any, slice_: hardware.Slice) -> dict[str, 
 
 
 def _advice(config: Any, mesh_shape: dict[str, int], state_bytes: float,
-            hbm: float) -> list[str]:
+            hbm: float, needed: float | None = None) -> list[str]:
+    """What to change when the step does not fit; `needed`: the compiler's figure."""
     model, loss = config.model_config, config.loss
     k, batch = config.num_microbatches, config.batch_size
     batch_shards = mesh_shape["data"] * mesh_shape["fsdp"]
@@ -271,9 +273,15 @@ def _advice(config: Any, mesh_shape: dict[str, int], state_bytes: float,
                     "--gin.REMAT_POLICY=dots_with_no_batch_dims (or 'full', the least memory)")
     if loss.chunks == 1 and loss.kernel == "xla" and model.vocab_size >= 32768:
         tips.append("project the vocabulary in pieces: --gin.LOSS_CHUNKS=8 (or more)")
-    if batch % (2 * k * batch_shards) == 0:
-        tips.append(f"split the batch: --gin.NUM_MICROBATCHES={2 * k} (same result, exact; "
-                    "each microbatch still spread over all data-parallel devices)")
+    # activations shrink with the microbatch: split by what the compiler asked for over
+    # what the state leaves (a power of two that still divides the batch)
+    factor = 2.0 if not needed or hbm <= state_bytes else needed / (hbm - state_bytes)
+    split = 2 ** max(1, math.ceil(math.log2(max(factor, 2.0))))
+    while split > 2 and batch % (split * k * batch_shards):
+        split //= 2
+    if batch % (split * k * batch_shards) == 0:
+        tips.append(f"split the batch: --gin.NUM_MICROBATCHES={split * k} (same result, "
+                    "exact; each microbatch still spread over all data-parallel devices)")
     if mesh_shape["model"] == 1 and model.emb_dim >= 2048:
         tips.append("add tensor parallelism: e.g. --gin.MESH_SHAPE='(1, -1, 8)'")
     return tips
@@ -377,7 +385,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
         report["advice"] = _advice(config, report["mesh"],
                                    report["params_bytes"] + report["opt_state_bytes"]
                                    + report["frozen_bytes"],
-                                   chip.hbm_bytes)
+                                   chip.hbm_bytes, report.get("peak_bytes"))
     jax.clear_caches()
     return report
 
