@@ -287,6 +287,16 @@ def _advice(config: Any, mesh_shape: dict[str, int], state_bytes: float,
     return tips
 
 
+def _links(slice_: hardware.Slice) -> str:
+    chip = slice_.chip
+    if slice_.topology is None:
+        return (f"NVLink at {chip.ici_link_bandwidth / 1e9:g} GB/s one way inside a node of "
+                f"{chip.devices_per_node}, the network at {chip.network_bandwidth / 1e9:g} "
+                "GB/s across nodes")
+    return (f"{chip.name} ICI links at {chip.ici_link_bandwidth / 1e9:g} GB/s one way over "
+            f"the {slice_.topology} torus, the dimensions each collective's group spans")
+
+
 def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = True
          ) -> dict[str, Any]:
     """The report of the train step that the parsed gin configuration compiles to
@@ -379,8 +389,7 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
                       uncounted_kernels=counted["uncounted_kernels"],
                       cost_from="loop-free compiles of one microbatch at depths 1-2, "
                                 "extended to the full depth, x microbatches",
-                      ici_from=f"{chip.name} links at {chip.ici_link_bandwidth / 1e9:g} GB/s "
-                               "one way, the dimensions each collective's group spans")
+                      ici_from=_links(slice_))
     if not report["fits"]:
         report["advice"] = _advice(config, report["mesh"],
                                    report["params_bytes"] + report["opt_state_bytes"]

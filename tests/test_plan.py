@@ -66,6 +66,7 @@ def test_gpu_slices_and_missing_libtpu_fall_back_to_simulated_devices(tmp_path):
     assert "simulated devices" in done.stdout and report["devices"] == 8
     assert report["mesh"] == {"data": 2, "fsdp": 2, "model": 2} and report["fits"]
     assert report["mfu_ceiling"] > 0 and report["xla_flops_per_device"] > 0
+    assert report["ici_bytes_per_device"] > 0 and "NVLink at 450 GB/s" in report["ici_from"]
     check_memory_figures(report)
     # a TPU slice without libtpu installed: simulated CPU devices, and it says so
     done, report = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=v4-8",
