@@ -120,7 +120,7 @@ def _out_of_memory(error: Exception) -> dict[str, Any] | None:
     units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
     first = next((ln for ln in text.splitlines() if "memory" in ln.lower()), text[:300])
     return {"needed_bytes": float(needed.group(1)) * units[needed.group(2)] if needed else None,
-            "message": first.strip()}
+            "message": first.strip(), "vmem": "memory space vmem" in text}
 
 
 def _cost(compiled: Any, slice_: hardware.Slice | None = None,
@@ -342,6 +342,8 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
         if oom is None:
             raise
         report.update(fits=False, peak_bytes=oom["needed_bytes"], compiler=oom["message"])
+        if oom["vmem"]:  # a Pallas kernel's tiles, not the arrays in HBM
+            report.update(peak_bytes=None, vmem=True)
     else:
         mem = compiled.memory_analysis()
         peak = getattr(mem, "peak_memory_in_bytes", 0) or (
@@ -390,7 +392,15 @@ def plan(slice_: hardware.Slice, how: str, cost: bool = True, verbose: bool = Tr
                       cost_from="loop-free compiles of one microbatch at depths 1-2, "
                                 "extended to the full depth, x microbatches",
                       ici_from=_links(slice_))
-    if not report["fits"]:
+    if report.get("vmem"):
+        kernels = [f"--gin.{name}='xla'" for name, value in (
+            ("ATTENTION_KERNEL", model.attention_kernel), ("LOSS_KERNEL", config.loss.kernel))
+            if value != "xla"]
+        report["advice"] = [
+            "a Pallas kernel's tiles need more VMEM (the TensorCore's 16 MiB scratchpad) "
+            f"than there is at these shapes: {' or '.join(kernels)} (the XLA path of the same "
+            "computation)"]
+    elif not report["fits"]:
         report["advice"] = _advice(config, report["mesh"],
                                    report["params_bytes"] + report["opt_state_bytes"]
                                    + report["frozen_bytes"],
@@ -420,7 +430,8 @@ def format_report(r: dict[str, Any]) -> str:
         lines += [f"    temporaries      {gib(r['temp_bytes'])}",
                   f"    outputs          {gib(r['output_bytes'])} "
                   f"({gib(r['alias_bytes'])} of them reuse donated inputs)"]
-    verdict = "fits" if r["fits"] else "DOES NOT FIT"
+    verdict = ("fits" if r["fits"] else "DOES NOT FIT in VMEM (a kernel's tiles, not HBM)"
+               if r.get("vmem") else "DOES NOT FIT")
     spare = f", {100 * r['headroom']:.1f}% spare" if r.get("headroom") is not None else ""
     lines.append(f"    peak             {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} HBM: "
                  f"{verdict}{spare}")

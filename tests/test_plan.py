@@ -99,6 +99,23 @@ def test_mt0_xxl_on_one_v4_8_host_does_not_fit_and_says_what_to_change(tmp_path)
                                               "TPU_WORKER_HOSTNAMES")), done.stderr[-2000:]
 
 
+def test_a_kernel_that_exceeds_vmem_is_told_apart_from_hbm(tmp_path):
+    """The fused loss kernel at emb 2048 (the VMEM model of its tiles does not hold there):
+    the compiler's VMEM error is reported as the kernel's, with the setting that avoids it,
+    not as HBM advice about microbatches."""
+    done, report = plan(tmp_path, "--gin_file=gin/mt0_tiny.gin", "--topology=v4-8",
+                        "--gin.model.T5Config.emb_dim=2048", "--gin.LOSS_KERNEL='pallas'",
+                        "--gin.BATCH_SIZE=16", "--no_cost",
+                        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 1024}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert report["vmem"] and not report["fits"] and "vmem" in report["compiler"]
+    assert report["advice"] == [
+        "a Pallas kernel's tiles need more VMEM (the TensorCore's 16 MiB scratchpad) than "
+        "there is at these shapes: --gin.LOSS_KERNEL='xla' (the XLA path of the same "
+        "computation)"]
+    assert "DOES NOT FIT in VMEM" in done.stdout
+
+
 def test_the_advice_names_each_setting_that_would_help():
     """Advice from the run config alone: what a plan that does not fit prints (no compile)."""
     import gin
