@@ -37,14 +37,18 @@ _MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)
 _PAIRS = re.compile(r"source_target_pairs=\{(\{[\d,{}]*\})\}")
 
 
+def array_shapes(text: str) -> list[tuple[int, tuple[int, ...]]]:
+    """(itemsize, dims) of each array shape written in HLO `text` (one, or a tuple's
+    elements): what the plan's counts of collectives and of Pallas kernels read."""
+    out = []
+    for dtype, dims in _ARRAY.findall(text):
+        bits = 8 if dtype == "pred" or dtype.startswith("f8") else int(re.sub(r"\D", "", dtype))
+        out.append((max(1, bits // 8), tuple(int(d) for d in dims.split(",") if d)))
+    return out
+
+
 def _arrays_bytes(shape_text: str) -> list[float]:
-    """Bytes of each array in an HLO shape (one, or a tuple's elements)."""
-    sizes = []
-    for dtype, dims in _ARRAY.findall(shape_text):
-        bits = 8 if dtype in ("pred", "s8", "u8") or dtype.startswith("f8") else int(
-            re.sub(r"\D", "", dtype) or 16)
-        sizes.append(float(np.prod([int(d) for d in dims.split(",") if d])) * bits / 8)
-    return sizes
+    return [float(size * np.prod(dims)) for size, dims in array_shapes(shape_text)]
 
 
 def _payload(opcode: str, shape_text: str) -> float:

@@ -142,17 +142,7 @@ def _cost(compiled: Any, slice_: hardware.Slice | None = None,
             "uncounted_kernels": kernels["uncounted"]} | links
 
 
-_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _ESTIMATE = re.compile(r'\\?"(flops|bytes_accessed)\\?":\\?"(\d+)')
-
-
-def _shapes(text: str) -> list[tuple[int, tuple[int, ...]]]:
-    """(itemsize, dims) of each array shape written in HLO `text`."""
-    out = []
-    for dtype, dims in _SHAPE.findall(text):
-        size = 1 if dtype == "pred" else max(1, int(re.sub(r"\D", "", dtype) or 16) // 8)
-        out.append((size, tuple(int(d) for d in dims.split(",") if d)))
-    return out
 
 
 def _braced(text: str, start: int) -> str:
@@ -189,8 +179,9 @@ def kernel_costs(hlo: str) -> dict[str, Any]:
         if constraints < 0:
             uncounted.append(op_name)
             continue
-        operand_shapes = _shapes(_braced(operands, operands.index("{", constraints)))
-        cost = flash.kernel_cost(kernel, operand_shapes, _shapes(head.split(" = ", 1)[1]))
+        layouts = _braced(operands, operands.index("{", constraints))
+        cost = flash.kernel_cost(kernel, interconnect.array_shapes(layouts),
+                                 interconnect.array_shapes(head.split(" = ", 1)[1]))
         flops += cost["flops"] - float(estimate.get("flops", 0))
         moved += cost["bytes"] - float(estimate.get("bytes_accessed", 0))
     return {"flops": flops, "bytes": moved, "uncounted": uncounted}

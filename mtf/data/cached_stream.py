@@ -113,15 +113,27 @@ def _shifted(targets: np.ndarray, segments: np.ndarray | None = None) -> np.ndar
     return out
 
 
+def _padded(examples: Sequence[dict[str, np.ndarray]], lengths: Mapping[str, int]
+            ) -> dict[str, np.ndarray]:
+    """[rows, length] int32 arrays of the named features, each example's values first,
+    zeros after."""
+    out = {k: np.zeros((len(examples), length), np.int32) for k, length in lengths.items()}
+    for row, example in enumerate(examples):
+        for key, array in out.items():
+            array[row, :len(example[key])] = example[key]
+    return out
+
+
+def _stacked(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Grain's packed rows (equal lengths) as [rows, length] int32 arrays."""
+    return {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+
+
 def unpacked_features(lengths: Mapping[str, int], examples: Sequence[dict[str, np.ndarray]]
                       ) -> dict[str, np.ndarray]:
     """seqio's EncDecFeatureConverter(pack=False) with mtf's per-token ids, for a batch."""
-    rows = len(examples)
-    padded = {k: np.zeros((rows, lengths["targets" if k in _IDS else k]), np.int32)
-              for k in (*token_cache.FEATURES, *_IDS)}
-    for row, example in enumerate(examples):
-        for key, array in padded.items():
-            array[row, :len(example[key])] = example[key]
+    padded = _padded(examples, {k: lengths["targets" if k in _IDS else k]
+                                for k in (*token_cache.FEATURES, *_IDS)})
     targets = padded["targets"]
     encoder_inputs, decoder_inputs, _ = SPEC.tokens
     return {encoder_inputs: padded["inputs"], SPEC.targets: targets,
@@ -132,7 +144,7 @@ def unpacked_features(lengths: Mapping[str, int], examples: Sequence[dict[str, n
 
 def packed_features(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Grain's packed rows as seqio's EncDecFeatureConverter(pack=True) gives them."""
-    stacked = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+    stacked = _stacked(rows)
     targets, segments = stacked["targets"], stacked["targets_segment_ids"]
     encoder_inputs, decoder_inputs, _ = SPEC.tokens
     encoder_segments, decoder_segments, encoder_positions, decoder_positions = SPEC.packing
@@ -172,17 +184,13 @@ def decoder_only_sequence(sequence_ids: SequenceIds, loss_on_prompt: bool,
 def unpacked_sequences(length: int, sequences: Sequence[dict[str, np.ndarray]]
                        ) -> dict[str, np.ndarray]:
     """A batch of decoder-only sequences padded to `length`."""
-    out = {k: np.zeros((len(sequences), length), np.int32) for k in sequences[0]}
-    for row, sequence in enumerate(sequences):
-        for key, array in out.items():
-            array[row, :len(sequence[key])] = sequence[key]
-    return out
+    return _padded(sequences, dict.fromkeys(sequences[0], length))
 
 
 def packed_sequences(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Grain's packed rows of decoder-only sequences as the converter packs them: one
     segment id and position per token (those of the targets)."""
-    stacked = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in rows[0]}
+    stacked = _stacked(rows)
     names = (*DECODER_ONLY.tokens, DECODER_ONLY.loss_weights, *DECODER_ONLY.ids)
     segments, positions = DECODER_ONLY.packing
     return {**{k: stacked[k] for k in names},
