@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -300,6 +301,21 @@ def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float | Cal
         seqio.MixtureRegistry.remove(name)
     _PENDING_MIXTURES.pop(name, None)
     return seqio.MixtureRegistry.add(name, entries)
+
+
+def rated_mixture(name: str, rates: Mapping[str, float]) -> str:
+    """Registers a mixture of tasks at fixed rates and returns its name, for gin:
+    `MIXTURE_OR_TASK_NAME = @seqio_tasks.rated_mixture()` (`mtf.allocate solve` writes it).
+    Before `import tasks` it waits with the other pending mixtures; after, a task that is
+    not registered is an error naming it."""
+    if register_mixture(name, [(task, float(rate)) for task, rate in rates.items()]) is None \
+            and "tasks" in sys.modules:  # the registry is complete: the names are wrong
+        _PENDING_MIXTURES.pop(name, None)
+        known = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
+        raise SettingError(f"rated_mixture {name!r} names tasks that are not registered: "
+                           f"{sorted(set(rates) - known)} (python -m mtf.tasks list shows "
+                           "the names)")
+    return name
 
 
 def register_pending_mixtures() -> None:

@@ -1,0 +1,142 @@
+"""`python -m mtf.allocate fit|solve`: curves recovered from pilots, the budget split that
+they predict is best, exact budgets and caps, and refusals of pilots no curve fits."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import seqio
+
+import tasks  # noqa: F401  the registry the mixture's tasks come from
+from mtf import allocate
+from mtf.allocation import curves, solver
+from mtf.data import seqio_tasks
+
+SIZES = (250, 1000, 4000, 16000, 64000)
+TRUE = {"sw": {"alpha": 300.0, "beta": -0.35, "gamma": 500.0},
+        "yo": {"alpha": 150.0, "beta": -0.25, "gamma": 200.0},
+        "hi": {"alpha": 400.0, "beta": -0.4, "gamma": 1000.0}}
+
+
+def test_a_fit_recovers_known_parameters_and_leaving_a_size_out_picks_the_true_form():
+    for params in TRUE.values():
+        truth = curves.Curve("power", params)
+        entry = curves.fit_language("xx", SIZES, [truth(s) for s in SIZES])
+        assert entry["chosen"] == "power"
+        fitted = entry["forms"]["power"]["params"]
+        for name, value in params.items():
+            assert fitted[name] == pytest.approx(value, rel=0.05), name
+        assert entry["forms"]["power"]["held_out_rmse"] < entry["forms"]["log"]["held_out_rmse"]
+    # log-shaped data: the log curve predicts held-out sizes better, and is chosen
+    log = curves.Curve("log", {"a": 12.0, "b": 4.5})
+    entry = curves.fit_language("xx", SIZES, [log(s) for s in SIZES])
+    assert entry["chosen"] == "log"
+    assert entry["forms"]["log"]["params"] == pytest.approx({"a": 12.0, "b": 4.5}, rel=1e-6)
+
+
+def test_seeds_are_averaged_and_their_spread_reported():
+    truth = curves.Curve("power", TRUE["sw"])
+    rng = np.random.default_rng(0)
+    sizes = [s for s in SIZES for _ in range(3)]
+    entry = curves.fit_language("sw", sizes, [truth(s) + rng.normal(0, 0.2) for s in sizes])
+    assert entry["means"] == pytest.approx([truth(s) for s in SIZES], abs=0.5)
+    assert 0.05 < entry["seed_std"] < 0.4
+
+
+def test_degenerate_pilots_are_refused_naming_the_language():
+    with pytest.raises(curves.DegenerateFitError, match="'yo'.*falls from"):
+        curves.fit_language("yo", (1000, 4000, 16000), (30.0, 28.0, 35.0))
+    with pytest.raises(curves.DegenerateFitError, match="'sw'.*2 pilot size"):
+        curves.fit_language("sw", (1000, 4000), (30.0, 33.0))
+    # three sizes: the log curve can be checked by leaving one out, the power law cannot
+    entry = curves.fit_language("sw", (1000, 4000, 16000), (30.0, 33.0, 35.0))
+    assert entry["chosen"] == "log" and entry["forms"]["power"]["held_out_rmse"] is None
+
+
+CURVES = {k: curves.Curve("power", v) for k, v in TRUE.items()}
+
+
+def test_the_sum_optimum_is_the_best_whole_split_and_respects_budget_caps_and_floor():
+    budget, caps, floor = 300, {"yo": 60}, 20
+    allocation = solver.allocate(CURVES, budget, caps, "sum", floor)
+    assert sum(allocation.values()) == budget and allocation["yo"] <= 60
+    assert min(allocation.values()) >= floor
+    best = max(CURVES["sw"](a) + CURVES["yo"](b) + CURVES["hi"](budget - a - b)
+               for a, b in itertools.product(range(floor, budget + 1), range(floor, 61))
+               if budget - a - b >= floor)
+    assert sum(solver.predicted(CURVES, allocation).values()) == pytest.approx(best, abs=1e-9)
+    even = solver.uniform(list(CURVES), budget, caps)
+    assert sum(even.values()) == budget and even["yo"] == 60
+    assert (sum(solver.predicted(CURVES, allocation).values())
+            > sum(solver.predicted(CURVES, even).values()))
+
+
+def test_the_min_objective_lifts_the_worst_language_and_spends_the_whole_budget():
+    budget = 50_000
+    worst = solver.allocate(CURVES, budget, objective="min")
+    summed = solver.allocate(CURVES, budget, objective="sum")
+    assert sum(worst.values()) == sum(summed.values()) == budget
+    assert (min(solver.predicted(CURVES, worst).values())
+            > min(solver.predicted(CURVES, summed).values()))
+    scores = solver.predicted(CURVES, worst)  # equalised: within one example's gain
+    assert max(scores.values()) - min(scores.values()) < 1e-2
+    # data smaller than the budget: every language gets all it has
+    assert solver.allocate(CURVES, budget, {"sw": 10, "yo": 20, "hi": 30}) == {
+        "sw": 10, "yo": 20, "hi": 30}
+    with pytest.raises(solver.UserError, match="below the 300 examples the floors need"):
+        solver.allocate(CURVES, 200, floor=100)
+
+
+def _pilots(path, languages=TRUE, noise=0.0):
+    rng = np.random.default_rng(1)
+    rows = [{"language": k, "size": s, "metric": "chrf", "seed": seed,
+             "value": curves.Curve("power", p)(s) + rng.normal(0, noise)}
+            for k, p in languages.items() for s in SIZES for seed in range(2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_fit_then_solve_writes_the_allocation_its_mixture_and_the_predictions(tmp_path,
+                                                                                capsys):
+    _pilots(tmp_path / "pilots.jsonl", noise=0.2)
+    assert allocate.main(["fit", "--pilots", str(tmp_path / "pilots.jsonl"),
+                          "--output", str(tmp_path / "fits.json")]) == 0
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert fits["metric"] == "chrf" and set(fits["languages"]) == set(TRUE)
+    assert (tmp_path / "fits.png").stat().st_size > 10_000
+    assert allocate.main(["solve", "--fits", str(tmp_path / "fits.json"), "--budget", "30000",
+                          "--caps", "sw=20000,yo=8000,hi=50000", "--task",
+                          "mini_xp3_{language}", "--output", str(tmp_path / "out")]) == 0
+    allocation = json.loads((tmp_path / "out" / "allocation.json").read_text())
+    assert sum(allocation.values()) == 30000 and allocation["yo"] <= 8000
+    table = (tmp_path / "out" / "predictions.md").read_text()
+    assert "| allocated |" in table and "| uniform |" in table and "| size-proportional |" in table
+    gin_text = (tmp_path / "out" / "allocation.gin").read_text()
+    assert "MIXTURE_OR_TASK_NAME = @seqio_tasks.rated_mixture()" in gin_text
+    assert f"'mini_xp3_sw': {allocation['sw']}," in gin_text
+    # what that binding calls: the mixture registered with the allocation as its rates
+    assert seqio_tasks.rated_mixture("allocated_test", {
+        f"mini_xp3_{k}": n for k, n in allocation.items()}) == "allocated_test"
+    mixture = seqio.get_mixture_or_task("allocated_test")
+    assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
+        f"mini_xp3_{k}": float(n) for k, n in allocation.items()}
+    with pytest.raises(seqio_tasks.SettingError, match="not registered: \\['mini_xp3_zz'\\]"):
+        seqio_tasks.rated_mixture("broken", {"mini_xp3_zz": 1.0})
+    capsys.readouterr()
+
+
+def test_user_mistakes_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "pilots.jsonl"
+    _pilots(bad, {"sw": TRUE["sw"]})
+    with bad.open("a") as f:
+        f.write('{"language": "yo", "size": 1000, "metric": "chrf", "value": 30}\n'
+                '{"language": "yo", "size": 4000, "metric": "chrf", "value": 25}\n'
+                '{"language": "yo", "size": 16000, "metric": "chrf", "value": 35}\n')
+    assert allocate.main(["fit", "--pilots", str(bad), "--output", str(tmp_path / "f.json")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: language 'yo': the mean score falls from 30 at 1000 examples to 25 at 4000; "
+        "no rising curve fits: rerun those pilots with more seeds or steps, or drop the "
+        "language"]
+    bad.write_text('{"language": "sw", "size": "many"}\n')
+    assert allocate.main(["fit", "--pilots", str(bad), "--output", str(tmp_path / "f.json")]) == 1
+    assert "line 1: not a pilot row" in capsys.readouterr().err
