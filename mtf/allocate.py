@@ -1,7 +1,15 @@
-"""`python -m mtf.allocate fit|solve`: spend a data budget where it helps most.
+"""`python -m mtf.allocate pilot|fit|solve`: spend a data budget where it helps most.
 
 x-LLaMA (arXiv 2308.04948) fits, per language, how translation quality grows with the
 amount of parallel data, and splits a fixed budget across languages by the fits.
+
+  pilot --gin_file=RECIPE --languages sw,yo --sizes 1000,4000,16000 --task 'T_{language}'
+        --metric 'validation/loss/{language}' [--lower_is_better] [--seeds 2]
+        --output DIR [--gin.NAME=VALUE ...]
+        a short run of the recipe per language, size and seed on the first `size` examples
+        of the language's task (the rest of the recipe's mixture as it was), scored by the
+        recipe's own evaluation: DIR/pilots.jsonl, one row per run (`mtf.allocation.pilots`);
+        run again, it runs only what is missing.
 
   fit   --pilots pilots.jsonl --output fits.json
         rows {"language", "size", "metric", "value"} (more keys allowed; several rows of a
@@ -24,13 +32,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mtf import cli
-from mtf.allocation import curves, solver
+from mtf import cli, config
+from mtf.allocation import curves, pilots, solver
 from mtf.errors import MissingFileError, UserError
 
 
-def _read_pilots(path: str, metric: str | None) -> tuple[str, dict[str, list], dict[str, str]]:
-    """(metric, {language: [(size, value), ...]}, {language: task}) from a pilots.jsonl."""
+def _read_pilots(path: str, metric: str | None
+                 ) -> tuple[str, dict[str, list], dict[str, str], str | None]:
+    """(metric, {language: [(size, value), ...]}, {language: task}, the recipe's mixture)
+    from a pilots.jsonl (task and mixture: what `pilot` records, when it ran them)."""
     if not Path(path).exists():
         raise MissingFileError(f"--pilots {path} does not exist")
     rows = []
@@ -40,7 +50,7 @@ def _read_pilots(path: str, metric: str | None) -> tuple[str, dict[str, list], d
         try:
             row = json.loads(line)
             rows.append((str(row["language"]), float(row["size"]), str(row["metric"]),
-                         float(row["value"]), row.get("task")))
+                         float(row["value"]), row.get("task"), row.get("mixture")))
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path} line {number}: not a pilot row ({e}); each line is "
                             '{"language": ..., "size": ..., "metric": ..., "value": ...}'
@@ -56,12 +66,13 @@ def _read_pilots(path: str, metric: str | None) -> tuple[str, dict[str, list], d
         raise UserError(f"--metric {metric!r} is not in {path} (it has {metrics})")
     points: dict[str, list] = {}
     tasks: dict[str, str] = {}
-    for language, size, row_metric, value, task in rows:
+    mixtures = {r[5] for r in rows if r[2] == metric}
+    for language, size, row_metric, value, task, _ in rows:
         if row_metric == metric:
             points.setdefault(language, []).append((size, value))
             if task:
                 tasks[language] = task
-    return metric, points, tasks
+    return metric, points, tasks, mixtures.pop() if len(mixtures) == 1 else None
 
 
 def _plot(fits: Mapping[str, dict], metric: str, path: Path) -> None:
@@ -89,8 +100,33 @@ def _plot(fits: Mapping[str, dict], metric: str, path: Path) -> None:
     plt.close(figure)
 
 
+def _numbers(text: str, flag: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: whole numbers, comma-separated") from None
+    if not numbers or min(numbers) <= 0:
+        raise UserError(f"{flag} {text!r}: at least one size, each above 0")
+    return numbers
+
+
+def cmd_pilot(args: argparse.Namespace) -> None:
+    languages = [k.strip() for k in args.languages.split(",") if k.strip()]
+    sweep = pilots.plan(languages, _numbers(args.sizes, "--sizes"), args.seeds, args.task)
+    output = Path(args.output)
+    for row in pilots.run(args.gin_file, args.bindings, sweep, args.metric,
+                          args.lower_is_better, output, args.runs_dir or str(output / "runs"),
+                          args.eval):
+        print(f"pilot {row['language']} {row['size']} seed {row['seed']}: "
+              f"{row['metric'].format(language=row['language'])} {row['value']:.4g} at "
+              f"step {row['step']}", flush=True)
+    print(f"{output / 'pilots.jsonl'} holds {len(pilots.done(output / 'pilots.jsonl'))} of "
+          f"{len(sweep)} pilots; next: python -m mtf.allocate fit --pilots "
+          f"{output / 'pilots.jsonl'} --output {output / 'fits.json'}")
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
-    metric, points, tasks = _read_pilots(args.pilots, args.metric)
+    metric, points, tasks, mixture = _read_pilots(args.pilots, args.metric)
     fits = {}
     for language, rows in sorted(points.items()):
         sizes, values = zip(*rows, strict=True)
@@ -100,8 +136,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
             fits[language]["task"] = tasks[language]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"metric": metric, "top": args.top, "languages": fits},
-                                 indent=1) + "\n")
+    output.write_text(json.dumps({"metric": metric, "top": args.top, "mixture": mixture,
+                                  "languages": fits}, indent=1) + "\n")
     plot = output.with_suffix(".png")
     _plot(fits, metric, plot)
     for language, entry in fits.items():
@@ -125,17 +161,20 @@ def _caps(text: str) -> dict[str, int]:
     return caps
 
 
-def _gin(allocation: Mapping[str, int], tasks: Mapping[str, str], name: str,
+def _gin(allocation: Mapping[str, int], tasks: Mapping[str, str], mixture: str | None,
          command: str) -> str:
-    rates = "".join(f"      {tasks[k]!r}: {n},\n" for k, n in allocation.items() if n > 0)
+    examples = "".join(f"      {tasks[k]!r}: {n},\n" for k, n in allocation.items() if n > 0)
+    within = (f"the rest of {mixture} as it was" if mixture else
+              "mixed in proportion to their examples")
     return (f"# Written by: {command}\n"
-            "# Examples per language as mixing rates; --gin_file it after the recipe.\n"
+            f"# Each language's task cut to its first allocated examples, {within};\n"
+            "# --gin_file it after the recipe.\n"
             "from __gin__ import dynamic_registration\n"
             "from mtf.data import seqio_tasks\n\n"
-            "MIXTURE_OR_TASK_NAME = @seqio_tasks.rated_mixture()\n"
-            "seqio_tasks.rated_mixture:\n"
-            f"  name = {name!r}\n"
-            "  rates = {\n" + rates + "  }\n")
+            "MIXTURE_OR_TASK_NAME = @seqio_tasks.cut_mixture()\n"
+            "seqio_tasks.cut_mixture:\n"
+            f"  mixture = {mixture!r}\n"
+            "  examples = {\n" + examples + "  }\n")
 
 
 def cmd_solve(args: argparse.Namespace) -> None:
@@ -157,7 +196,8 @@ def cmd_solve(args: argparse.Namespace) -> None:
     (out / "allocation.json").write_text(json.dumps(allocation, indent=1) + "\n")
     command = "python -m mtf.allocate " + " ".join(sys.argv[1:] if args.argv is None
                                                    else args.argv)
-    (out / "allocation.gin").write_text(_gin(allocation, tasks, args.mixture, command))
+    mixture = data.get("mixture") if args.within is None else (args.within or None)
+    (out / "allocation.gin").write_text(_gin(allocation, tasks, mixture, command))
     rows = {"allocated": allocation,
             "uniform": solver.uniform(list(fitted), args.budget, caps),
             "size-proportional": solver.proportional(list(fitted), args.budget, caps)}
@@ -188,6 +228,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtf.allocate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pilot", help="short runs of the recipe at each size, scored")
+    p.add_argument("--gin_file", action="append", required=True, help="the recipe")
+    p.add_argument("--languages", required=True, help="sw,yo,...")
+    p.add_argument("--sizes", required=True, help="training examples: 1000,4000,16000")
+    p.add_argument("--seeds", type=int, default=1, help="runs per language and size")
+    p.add_argument("--task", required=True,
+                   help="the language's task in the recipe's mixture, a {language} pattern")
+    p.add_argument("--metric", required=True,
+                   help="a metrics.jsonl key with {language}: validation/loss/{language}, "
+                        "eval/<dataset>/{language}/chrf, ...")
+    p.add_argument("--eval", default=None,
+                   help="each pilot's EVAL_MIXTURE, a {language} pattern (default: the "
+                        "recipe's, every language evaluated in every pilot)")
+    p.add_argument("--lower_is_better", action="store_true",
+                   help="a loss: recorded negated (fit it with --top 0)")
+    p.add_argument("--output", required=True, help="a folder: pilots.jsonl, gin/")
+    p.add_argument("--runs_dir", default=None,
+                   help="where the pilots' MODEL_DIRs go, local or gs:// (OUTPUT/runs)")
     p = sub.add_parser("fit", help="a curve per language from pilots.jsonl")
     p.add_argument("--pilots", required=True)
     p.add_argument("--output", required=True, help="fits.json (the PNG goes beside it)")
@@ -205,13 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task", default=None,
                    help="task name per language, a {language} pattern (default: the task "
                         "the pilots recorded)")
-    p.add_argument("--mixture", default="allocated", help="the registered mixture's name")
+    p.add_argument("--within", default=None,
+                   help="the mixture the cut tasks sit in (default: the recipe's, as the "
+                        "pilots recorded it; '' for the cut tasks alone)")
     p.add_argument("--output", required=True, help="a folder")
     cli.add_verbose(parser)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    args.bindings, unknown = config.split_gin_flags(rest)
+    if unknown or (args.bindings and args.command != "pilot"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.argv = None if argv is None else list(argv)
-    return cli.run(args.verbose, lambda: {"fit": cmd_fit, "solve": cmd_solve}[args.command](
-        args))
+    verbs = {"pilot": cmd_pilot, "fit": cmd_fit, "solve": cmd_solve}
+    return cli.run(args.verbose, lambda: verbs[args.command](args))
 
 
 if __name__ == "__main__":

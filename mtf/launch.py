@@ -73,14 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     init_distributed(args)
-    return cli.run(args.verbose, lambda: _launch(args, bindings))
+    return cli.run(args.verbose, lambda: run(args.gin_file, bindings))
 
 
-def _launch(args: argparse.Namespace, bindings: list[str]) -> int:
+def run(gin_files: Sequence[str], bindings: Sequence[str]) -> int:
+    """One run as `python -m mtf.launch` does it, in this process (`mtf.allocate pilot` runs
+    several in turn): exit status 2 for a bad configuration, 3 for a loss gone NaN."""
     from mtf import config, runs, train  # after the flags: importing jax/seqio is slow
 
     try:
-        config.parse(args.gin_file, bindings)
+        config.parse(gin_files, bindings)
     except config.ConfigError as e:
         return cli.fail(e, 2)
     import gin

@@ -112,17 +112,38 @@ def test_fit_then_solve_writes_the_allocation_its_mixture_and_the_predictions(tm
     table = (tmp_path / "out" / "predictions.md").read_text()
     assert "| allocated |" in table and "| uniform |" in table and "| size-proportional |" in table
     gin_text = (tmp_path / "out" / "allocation.gin").read_text()
-    assert "MIXTURE_OR_TASK_NAME = @seqio_tasks.rated_mixture()" in gin_text
-    assert f"'mini_xp3_sw': {allocation['sw']}," in gin_text
-    # what that binding calls: the mixture registered with the allocation as its rates
-    assert seqio_tasks.rated_mixture("allocated_test", {
-        f"mini_xp3_{k}": n for k, n in allocation.items()}) == "allocated_test"
-    mixture = seqio.get_mixture_or_task("allocated_test")
-    assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
-        f"mini_xp3_{k}": float(n) for k, n in allocation.items()}
-    with pytest.raises(seqio_tasks.SettingError, match="not registered: \\['mini_xp3_zz'\\]"):
-        seqio_tasks.rated_mixture("broken", {"mini_xp3_zz": 1.0})
+    assert "MIXTURE_OR_TASK_NAME = @seqio_tasks.cut_mixture()" in gin_text
+    assert f"'mini_xp3_sw': {allocation['sw']}," in gin_text and "mixture = None" in gin_text
     capsys.readouterr()
+
+
+def test_a_cut_task_keeps_its_first_examples_and_a_cut_mixture_the_other_rates():
+    """What pilots and allocations train on: the task's first N training examples (its
+    validation split whole); in the recipe's mixture the cut task's rate shrinks with its
+    data, the others' stay."""
+    whole = seqio.get_mixture_or_task("mini_xp3_sw")
+    cut = seqio.get_mixture_or_task(seqio_tasks.first_examples("mini_xp3_sw", 40))
+    assert list(cut.source.examples("train")) == list(whole.source.examples("train"))[:40]
+    assert list(cut.source.examples("validation")) == list(whole.source.examples("validation"))
+    assert cut.source.train_size() == 40
+    # sharded: the second of two hosts reads its half of the same 40
+    assert list(cut.source.examples("train", (1, 2))) == list(
+        whole.source.examples("train"))[1:40:2]
+    name = seqio_tasks.cut_mixture({"mini_xp3_sw": 40}, "mini_xp3_smoke")
+    mixed, smoke = seqio.get_mixture_or_task(name), seqio.get_mixture_or_task("mini_xp3_smoke")
+    rates = {t.name: mixed.get_rate(t) for t in mixed.tasks}
+    before = {t.name: smoke.get_rate(t) for t in smoke.tasks}
+    assert rates.pop("mini_xp3_sw_first40") == pytest.approx(
+        before.pop("mini_xp3_sw") * 40 / whole.source.train_size())
+    assert rates == pytest.approx(before)
+    alone = seqio.get_mixture_or_task(seqio_tasks.cut_mixture({"mini_xp3_sw": 40,
+                                                               "mini_xp3_yo": 100}))
+    assert {t.name: alone.get_rate(t) for t in alone.tasks} == {
+        "mini_xp3_sw_first40": 40.0, "mini_xp3_yo_first100": 100.0}
+    with pytest.raises(seqio_tasks.SettingError, match="not registered: \\['mini_xp3_zz'\\]"):
+        seqio_tasks.cut_mixture({"mini_xp3_zz": 1})
+    with pytest.raises(seqio_tasks.SettingError, match="does not contain \\['mini_xp3_ca'\\]"):
+        seqio_tasks.cut_mixture({"mini_xp3_ca": 10}, "mini_xp3_smoke")
 
 
 def test_user_mistakes_are_one_line(tmp_path, capsys):
@@ -140,3 +161,63 @@ def test_user_mistakes_are_one_line(tmp_path, capsys):
     bad.write_text('{"language": "sw", "size": "many"}\n')
     assert allocate.main(["fit", "--pilots", str(bad), "--output", str(tmp_path / "f.json")]) == 1
     assert "line 1: not a pilot row" in capsys.readouterr().err
+
+
+PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8",
+         "--task", "mini_xp3_{language}", "--eval", "mini_xp3_heldout_currency_{language}",
+         "--metric", "eval/currency_from_english/{language}/chrf",
+         "--gin.MIXTURE_OR_TASK_NAME='mini_xp3_smoke'", "--gin.BATCH_SIZE=8",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.TRAIN_STEPS=3",
+         "--gin.EVAL_PERIOD=3", "--gin.EVAL_STEPS=1", "--gin.EVAL_MAX_EXAMPLES=4",
+         "--gin.LOG_PERIOD=1", "--gin.CHECKPOINT_PERIOD=3"]
+
+
+@pytest.mark.slow
+def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
+    """Two pilots, each an ordinary run on the first N examples of its language's task in
+    the recipe's mixture, scored by its evaluation; killed after the first row, the sweep
+    run again keeps that row and runs the other."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.train_helpers import REPO, env
+
+    command = [sys.executable, "-m", "mtf.allocate", "pilot", *PILOT, "--output",
+               str(tmp_path / "sweep")]
+    rows = tmp_path / "sweep" / "pilots.jsonl"
+    first = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (rows.exists() and rows.read_text().strip()) and time.time() < deadline:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    (kept,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    again = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"pilot {kept['language']}_{kept['size']}_seed0: done before, kept" in again.stdout
+    assert again.stdout.count("first 8 examples") == 1
+    table = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert table[0] == kept and {(r["language"], r["size"]) for r in table} == {
+        ("sw", 8), ("yo", 8)}
+    for row in table:  # each its own run, trained to the end
+        assert row["metric"] == "eval/currency_from_english/{language}/chrf"
+        assert row["task"] == f"mini_xp3_{row['language']}" and row["step"] == 3
+        assert row["mixture"] == "mini_xp3_smoke" and 0 <= row["value"] <= 100
+        config_gin = (tmp_path / "sweep" / "runs" / f"{row['language']}_{row['size']}_seed0"
+                      / "config.gin").read_text()
+        assert f"{{'mini_xp3_{row['language']}': {row['size']}}}" in config_gin
+
+
+def test_pilots_run_smallest_sizes_first_and_refuse_a_pattern_without_the_language():
+    sweep = allocate.pilots.plan(["sw", "yo"], [64, 8], 2, "mini_xp3_{language}")
+    assert [(p.size, p.language, p.seed) for p in sweep] == [
+        (8, "sw", 0), (8, "sw", 1), (8, "yo", 0), (8, "yo", 1),
+        (64, "sw", 0), (64, "sw", 1), (64, "yo", 0), (64, "yo", 1)]
+    assert sweep[0].task == "mini_xp3_sw" and sweep[0].name == "sw_8_seed0"
+    with pytest.raises(allocate.UserError, match="must contain {language}"):
+        allocate.pilots.plan(["sw"], [8], 1, "mini_xp3_sw")

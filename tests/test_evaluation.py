@@ -63,12 +63,17 @@ def test_results_by_dataset_language_template_and_the_report(tmp_path, mesh, par
     accuracy = 100 * np.mean([r["prediction"] == r["label"] for r in rows if r["language"]
                               == "sw"])
     assert by_language["sw"]["median"]["accuracy"] == pytest.approx(accuracy)
+    # guessing: 1 / the number of choices, averaged over the language's examples
+    assert by_language["sw"]["chance"] == pytest.approx(100 * (3 / 2 + 2 / 3) / 5)
+    assert by_language["fr"]["chance"] == pytest.approx(100 * (2 / 2 + 2 / 3) / 4)
 
     result.update(step=7, checkpoint="random")
     paths = report.write(str(tmp_path / "eval"), result)
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["step"] == 7
     md = (tmp_path / "eval" / "results.md").read_text()
     assert "## mc_eval_test: accuracy" in md and "| sw |" in md
+    assert "| median | max | chance |" in md and f" {by_language['sw']['chance']:.1f} |" in md
+    assert f"(chance {by_language['fr']['chance']:.1f})" in report.summary(result)
     assert "Cut to fit: 1 prompts (> 12 tokens), 4 answer choices" in md
     assert (tmp_path / "eval" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["md"].endswith("results.md")

@@ -7,9 +7,9 @@ and line number, which tf.data's readers cannot do.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
-import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -160,7 +160,7 @@ class RecordSource(seqio.DataSource):
                  in_memory: bool = False, choices: bool = False, sharded_reader: bool = False,
                  files: Callable[[], Sequence[str]] | Sequence[str] = (),
                  task_names: Sequence[str] = (), size: Callable[[], int] | None = None,
-                 skip_bad_records: bool = False) -> None:
+                 skip_bad_records: bool = False, limit: int | None = None) -> None:
         if in_memory and choices:
             raise SettingError("rank-classification tasks stream (their answer lists are "
                                "ragged); register them with in_memory=False")
@@ -175,6 +175,18 @@ class RecordSource(seqio.DataSource):
         self.bad_records = records_lib.BadRecords(skip=skip_bad_records)
         self._size = functools.cache(size) if size else None
         self.signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
+        self.limit = limit  # the first `limit` training examples only (`first_examples`)
+
+    def first(self, limit: int) -> RecordSource:
+        """The same source over its first `limit` training examples (validation unchanged)."""
+        if self._sharded_reader:
+            raise SettingError("a task read in shards (xP3's files) has no one order of its "
+                               "examples to take the first of; limit a task read whole")
+        limited = copy.copy(self)
+        limited.limit = limit
+        limited._size = None if self._size is None else functools.cache(
+            lambda: min(limit, self._size()))
+        return limited
 
     def train_size(self) -> int:
         """The number of training examples (for mixing rates), counted once."""
@@ -201,9 +213,12 @@ class RecordSource(seqio.DataSource):
         else:
             stream = self._examples_fn(self.bad_records)
         position = 0
+        limit = self.limit if split == "train" else None
         for example in stream:
             if split_of(example, self._validation_fraction) != split:
                 continue
+            if limit is not None and position >= limit:
+                return
             if self._sharded_reader or position % count == index:
                 yield {k: example[k] for k in self.signature}
             position += 1
@@ -303,19 +318,58 @@ def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float | Cal
     return seqio.MixtureRegistry.add(name, entries)
 
 
-def rated_mixture(name: str, rates: Mapping[str, float]) -> str:
-    """Registers a mixture of tasks at fixed rates and returns its name, for gin:
-    `MIXTURE_OR_TASK_NAME = @seqio_tasks.rated_mixture()` (`mtf.allocate solve` writes it).
-    Before `import tasks` it waits with the other pending mixtures; after, a task that is
-    not registered is an error naming it."""
-    if register_mixture(name, [(task, float(rate)) for task, rate in rates.items()]) is None \
-            and "tasks" in sys.modules:  # the registry is complete: the names are wrong
-        _PENDING_MIXTURES.pop(name, None)
-        known = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
-        raise SettingError(f"rated_mixture {name!r} names tasks that are not registered: "
-                           f"{sorted(set(rates) - known)} (python -m mtf.tasks list shows "
-                           "the names)")
+def first_examples(task_name: str, examples: int) -> str:
+    """Registers `<task>_first<examples>`: the task over its first training examples (its
+    validation split whole), for pilot runs at a chosen data size; returns the name."""
+    task = seqio.get_mixture_or_task(task_name)
+    if not isinstance(task, seqio.Task) or not isinstance(task.source, RecordSource):
+        raise SettingError(f"{task_name!r} is not a task registered by mtf (a mixture, or "
+                           "a seqio task of another kind): name one task")
+    name = f"{task_name}_first{examples}"
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(name, source=task.source.first(examples),
+                           preprocessors=list(task.preprocessors),
+                           output_features=task.output_features,
+                           metric_fns=list(task.metric_fns))
     return name
+
+
+def cut_mixture(examples: Mapping[str, int], mixture: str | None = None) -> str:
+    """Registers a mixture in which each task of `examples` keeps its first so many training
+    examples, and returns its name, for gin: `MIXTURE_OR_TASK_NAME =
+    @seqio_tasks.cut_mixture()` (`mtf.allocate` writes it; runs/finetune.gin has imported
+    the registry by then). Alone, the cut tasks are mixed at rates equal to their examples
+    (as concatenating them would); within `mixture`, a cut task's rate shrinks with its
+    data and the other tasks' rates stay."""
+    known = seqio.TaskRegistry.names()
+    missing = sorted(set(examples) - known)
+    if missing:
+        raise SettingError(f"cut_mixture names tasks that are not registered: {missing} "
+                           "(python -m mtf.tasks list shows the names)")
+    cut = {task: first_examples(task, int(n)) for task, n in examples.items()}
+    if mixture is None:
+        rates = {cut[t]: float(min(int(n), _size(t))) for t, n in examples.items()}
+    else:
+        whole = seqio.get_mixture_or_task(mixture)
+        members = [t.name for t in whole.tasks] if isinstance(whole, seqio.Mixture) else [
+            mixture]
+        outside = sorted(set(examples) - set(members))
+        if outside:
+            raise SettingError(f"MIXTURE_OR_TASK_NAME={mixture!r} does not contain "
+                               f"{outside}: name tasks of the recipe's mixture (python -m "
+                               f"mtf.tasks list --filter {mixture})")
+        rates = ({t.name: float(whole.get_rate(t)) for t in whole.tasks}
+                 if isinstance(whole, seqio.Mixture) else {mixture: 1.0})
+        for task, n in examples.items():
+            rates[cut[task]] = rates.pop(task) * min(int(n), _size(task)) / _size(task)
+    name = f"{mixture or 'cut'}_{zlib.crc32(repr(sorted(examples.items())).encode()):08x}"
+    register_mixture(name, list(rates.items()))
+    return name
+
+
+def _size(task: str) -> int:
+    return seqio.get_mixture_or_task(task).source.train_size()
 
 
 def register_pending_mixtures() -> None:

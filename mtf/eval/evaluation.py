@@ -191,9 +191,11 @@ class Evaluator:
         return texts
 
     def run(self, params: Any, keep_predictions: bool = False) -> dict[str, Any]:
-        """{'results': dataset -> language -> {'templates': {id: metrics}, 'median', 'max'},
+        """{'results': dataset -> language -> {'templates': {id: metrics}, 'median', 'max',
+        'chance' (rank classification: the accuracy of guessing, 1 / choices, in percent)},
         'truncated': counts, 'examples': n} (+ 'predictions' per task when asked)."""
         groups: dict[tuple[str, str, str], dict[str, float]] = {}
+        chances: dict[tuple[str, str], list[float]] = {}  # 1 / choices, per example
         predictions: dict[str, list[dict]] = {}
         for task in self.tasks:
             examples = self.examples()[task.name]
@@ -215,6 +217,8 @@ class Evaluator:
                 for key, idx in grouped.items():
                     groups.setdefault(key, {}).update(metrics.accuracy(
                         [examples[i].label for i in idx], [scored.predictions[i] for i in idx]))
+                    chances.setdefault(key[:2], []).extend(
+                        1.0 / len(examples[i].choices) for i in idx)
             if fns:
                 vocab = task.output_features["targets"].vocabulary
                 texts = self.generate(params, examples, vocab)
@@ -232,11 +236,14 @@ class Evaluator:
         for (dataset, language, template), values in sorted(groups.items()):
             results.setdefault(dataset, {}).setdefault(language, {"templates": {}})[
                 "templates"][template or "-"] = values
-        for languages in results.values():
-            for entry in languages.values():
+        for dataset, languages in results.items():
+            for language, entry in languages.items():
                 entry.update(metrics.over_templates(
                     {t: {k: v for k, v in m.items() if k != "examples"}
                      for t, m in entry["templates"].items()}))
+                if (dataset, language) in chances:  # accuracy's floor: guessing a choice
+                    values = chances[dataset, language]
+                    entry["chance"] = 100.0 * sum(values) / len(values)
         truncated = dataclasses.asdict(self.truncation)
         if truncated["prompts"] or truncated["choices"]:
             logging.warning("evaluation cut %d of %d prompts to %d tokens and %d answer "

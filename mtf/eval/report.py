@@ -1,5 +1,6 @@
 """The evaluation report: results.json, results.md (a table per dataset, languages as
-rows) and results.png (per-language bars; languages mT5 never saw in pretraining hatched).
+rows) and results.png (per-language bars; languages mT5 never saw in pretraining hatched;
+a rank-classification task's chance level, 1 / its number of choices, marked on both).
 """
 
 from __future__ import annotations
@@ -38,16 +39,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         metric_names = sorted({m for e in by_language.values() for m in e["median"]})
         templates = sorted({t for e in by_language.values() for t in e["templates"]})
         for metric in metric_names:
+            chance = metric == "accuracy" and any("chance" in e for e in by_language.values())
             lines += ["", f"## {dataset}: {metric}", "",
-                      "| language | " + " | ".join(templates) + " | median | max |",
-                      "|---" * (len(templates) + 3) + "|"]
+                      "| language | " + " | ".join(templates) + " | median | max |"
+                      + (" chance |" if chance else ""),
+                      "|---" * (len(templates) + 3 + chance) + "|"]
             for code, entry in sorted(by_language.items()):
                 if metric not in entry["median"]:
                     continue
                 cells = [f"{entry['templates'][t][metric]:.1f}" if t in entry["templates"]
                          and metric in entry["templates"][t] else "" for t in templates]
                 lines.append(f"| {code}{_unseen(code)} | " + " | ".join(cells) +
-                             f" | {entry['median'][metric]:.1f} | {entry['max'][metric]:.1f} |")
+                             f" | {entry['median'][metric]:.1f} | {entry['max'][metric]:.1f} |"
+                             + (f" {entry['chance']:.1f} |" if chance and "chance" in entry
+                                else " |" if chance else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -60,7 +65,10 @@ def summary(report: Mapping[str, Any]) -> str:
         lines.append(f"{dataset} ({metric}, median over templates; * = not in mT5 "
                      "pretraining):")
         for code, entry in sorted(by_language.items()):
-            lines.append(f"  {code + _unseen(code):<12} {entry['median'].get(metric, 0.0):6.1f}")
+            guess = (f"  (chance {entry['chance']:.1f})"
+                     if metric == "accuracy" and "chance" in entry else "")
+            lines.append(f"  {code + _unseen(code):<12} {entry['median'].get(metric, 0.0):6.1f}"
+                         + guess)
     return "\n".join(lines)
 
 
@@ -100,10 +108,19 @@ def plot(report: Mapping[str, Any]) -> bytes:
         for bar, u in zip(bars, unseen, strict=True):
             if u:
                 bar.set_hatch("//")
+        chance = [by_language[c].get("chance") if metric == "accuracy" else None
+                  for c in codes]
+        if any(v is not None for v in chance):  # a tick across each bar at guessing's level
+            ax.hlines([v for v in chance if v is not None],
+                      [i - 0.4 for i, v in enumerate(chance) if v is not None],
+                      [i + 0.4 for i, v in enumerate(chance) if v is not None],
+                      colors="#d62728", linewidth=1.5, label="chance (1 / choices)")
+            ax.legend(fontsize=7, loc="upper right")
         ax.set_xticks(range(len(codes)), codes, rotation=90, fontsize=7)
         ax.set_ylabel(metric)
         ax.set_title(f"{dataset}: {metric} (median over templates); hatched = not in mT5 "
-                     "pretraining", fontsize=9)
+                     "pretraining" + ("; red: chance" if any(v is not None for v in chance)
+                                      else ""), fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
