@@ -20,8 +20,9 @@ amount of parallel data, and splits a fixed budget across languages by the fits.
   solve --fits fits.json --budget N [--caps sw=50000,yo=20000] [--objective sum|min]
         [--floor K] --output DIR
         examples per language (DIR/allocation.json), a gin file registering the mixture with
-        those rates (DIR/allocation.gin: --gin_file it after the recipe), and the predicted
-        scores beside a uniform and a size-proportional split (DIR/predictions.md).
+        those rates (DIR/allocation.gin: --gin_file it after the recipe; DIR/uniform.gin the
+        even split of the same budget, to train beside it), and the predicted scores beside
+        the even and a size-proportional split (DIR/predictions.md).
 """
 
 from __future__ import annotations
@@ -198,8 +199,9 @@ def cmd_solve(args: argparse.Namespace) -> None:
                                                    else args.argv)
     mixture = data.get("mixture") if args.within is None else (args.within or None)
     (out / "allocation.gin").write_text(_gin(allocation, tasks, mixture, command))
-    rows = {"allocated": allocation,
-            "uniform": solver.uniform(list(fitted), args.budget, caps),
+    even = solver.uniform(list(fitted), args.budget, caps)
+    (out / "uniform.gin").write_text(_gin(even, tasks, mixture, command + " (even split)"))
+    rows = {"allocated": allocation, "uniform": even,
             "size-proportional": solver.proportional(list(fitted), args.budget, caps)}
     languages = list(fitted)
     table = [f"| split ({data['metric']}, budget {args.budget}) | "
@@ -220,7 +222,7 @@ def cmd_solve(args: argparse.Namespace) -> None:
             if beyond else "")
     (out / "predictions.md").write_text("\n".join(table) + "\n" + note)
     print("\n".join(table) + note)
-    print(f"wrote {out / 'allocation.json'}, {out / 'allocation.gin'}, "
+    print(f"wrote {out / 'allocation.json'}, {out / 'allocation.gin'}, {out / 'uniform.gin'}, "
           f"{out / 'predictions.md'}")
 
 

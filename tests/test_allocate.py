@@ -114,6 +114,8 @@ def test_fit_then_solve_writes_the_allocation_its_mixture_and_the_predictions(tm
     gin_text = (tmp_path / "out" / "allocation.gin").read_text()
     assert "MIXTURE_OR_TASK_NAME = @seqio_tasks.cut_mixture()" in gin_text
     assert f"'mini_xp3_sw': {allocation['sw']}," in gin_text and "mixture = None" in gin_text
+    even = (tmp_path / "out" / "uniform.gin").read_text()
+    assert "'mini_xp3_sw': 11000," in even and "'mini_xp3_yo': 8000," in even
     capsys.readouterr()
 
 
