@@ -4,7 +4,7 @@ x-LLaMA (arXiv 2308.04948) fits, per language, how translation quality grows wit
 amount of parallel data, and splits a fixed budget across languages by the fits.
 
   pilot --gin_file=RECIPE --languages sw,yo --sizes 1000,4000,16000 --task 'T_{language}'
-        --metric 'validation/loss/{language}' [--lower_is_better] [--seeds 2]
+        --metric 'eval/<dataset>/{language}/chrf' [--eval 'E_{language}'] [--seeds 2]
         --output DIR [--gin.NAME=VALUE ...]
         a short run of the recipe per language, size and seed on the first `size` examples
         of the language's task (the rest of the recipe's mixture as it was), scored by the
@@ -93,7 +93,7 @@ def _plot(fits: Mapping[str, dict], metric: str, path: Path) -> None:
                   label=f"{language} ({entry['chosen']})")
     axes.set_xscale("log")
     axes.set_xlabel("training examples of the language")
-    axes.set_ylabel(metric)
+    axes.set_ylabel(metric.replace("{language}", "<language>"))
     axes.set_title("pilot scores and fitted curves (x2-4 beyond: extrapolated)")
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -117,7 +117,7 @@ def cmd_pilot(args: argparse.Namespace) -> None:
     output = Path(args.output)
     for row in pilots.run(args.gin_file, args.bindings, sweep, args.metric,
                           args.lower_is_better, output, args.runs_dir or str(output / "runs"),
-                          args.eval):
+                          args.eval, args.validate):
         print(f"pilot {row['language']} {row['size']} seed {row['seed']}: "
               f"{row['metric'].format(language=row['language'])} {row['value']:.4g} at "
               f"step {row['step']}", flush=True)
@@ -243,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval", default=None,
                    help="each pilot's EVAL_MIXTURE, a {language} pattern (default: the "
                         "recipe's, every language evaluated in every pilot)")
+    p.add_argument("--validate", default=None,
+                   help="each pilot's VALIDATION_MIXTURE, a {language} pattern: the "
+                        "validation loss on its own language's task (with --metric "
+                        "'validation/loss/{language}' --lower_is_better)")
     p.add_argument("--lower_is_better", action="store_true",
                    help="a loss: recorded negated (fit it with --top 0)")
     p.add_argument("--output", required=True, help="a folder: pilots.jsonl, gin/")

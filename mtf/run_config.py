@@ -89,6 +89,7 @@ class RunConfig:
     eval_period: int | None = None
     eval_config: EvalConfig | None = None
     eval_steps: int | None = None
+    validation_mixture: str | None = None  # the validation loss's (None: the training one)
     dropout_rng: str = "threefry2x32"
 
     def __post_init__(self) -> None:

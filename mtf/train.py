@@ -235,9 +235,11 @@ def train(config: RunConfig) -> TrainResult:
         lengths = run.lengths
         evaluator = _evaluator(model_config, mesh, eval_period, config.eval_config,
                                data.skip_bad_records, skipped)
+        validated = data if config.validation_mixture is None else dataclasses.replace(
+            data, mixture_or_task_name=config.validation_mixture, cache_dir=None)
         validation_loss = (validation.ValidationLoss(
-            model_config, mesh, compiled_step.shardings.model_params(), data, batch_size, loss,
-            num_microbatches, eval_steps, jax.process_index(), jax.process_count())
+            model_config, mesh, compiled_step.shardings.model_params(), validated, batch_size,
+            loss, num_microbatches, eval_steps, jax.process_index(), jax.process_count())
             if eval_period and eval_steps is not None else None)
         ckpts = run.checkpoints()
         start_point = run.start(ckpts)

@@ -52,10 +52,11 @@ def random_batch(rng: np.random.Generator, vocab: int, batch: int = 3, inputs: i
 # pytest-xdist, which hands whole files to its workers in collection order, ends with
 # short files on every worker instead of one worker alone in a long one. Files not named
 # here follow in their usual order.
-LONGEST_FIRST = ("test_plan_fits.py", "test_train_faults.py", "test_entry_points.py",
-                 "test_train.py", "test_chunked_loss.py", "test_gcs.py", "test_plan.py",
-                 "test_long_runs.py", "test_multihost.py", "test_decoder_only.py",
-                 "test_lora.py", "test_model.py")
+LONGEST_FIRST = ("test_plan_fits.py", "test_train_faults.py", "test_plan.py",
+                 "test_entry_points.py", "test_train.py", "test_chunked_loss.py", "test_gcs.py",
+                 "test_multihost.py", "test_lora.py", "test_long_runs.py",
+                 "test_decoder_only.py", "test_step.py", "test_flash_attention.py",
+                 "test_model.py", "test_decode.py", "test_allocate.py")
 
 
 # Host memory: the TPU compiler needs 16 GB of this machine's 24 GiB to compile mt0-base

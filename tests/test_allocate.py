@@ -167,7 +167,8 @@ def test_user_mistakes_are_one_line(tmp_path, capsys):
 
 PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8",
          "--task", "mini_xp3_{language}", "--eval", "mini_xp3_heldout_currency_{language}",
-         "--metric", "eval/currency_from_english/{language}/chrf",
+         "--validate", "mini_xp3_{language}", "--metric", "validation/loss/{language}",
+         "--lower_is_better",
          "--gin.MIXTURE_OR_TASK_NAME='mini_xp3_smoke'", "--gin.BATCH_SIZE=8",
          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.TRAIN_STEPS=3",
          "--gin.EVAL_PERIOD=3", "--gin.EVAL_STEPS=1", "--gin.EVAL_MAX_EXAMPLES=4",
@@ -177,8 +178,10 @@ PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8",
 @pytest.mark.slow
 def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
     """Two pilots, each an ordinary run on the first N examples of its language's task in
-    the recipe's mixture, scored by its evaluation; killed after the first row, the sweep
-    run again keeps that row and runs the other."""
+    the recipe's mixture, with its own language's evaluation and validation loss (which
+    the cut task's small share of the mixture would leave without a single example of
+    it); killed after the first row, the sweep run again keeps that row and runs the
+    other."""
     import signal
     import subprocess
     import sys
@@ -207,11 +210,15 @@ def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
     assert table[0] == kept and {(r["language"], r["size"]) for r in table} == {
         ("sw", 8), ("yo", 8)}
     for row in table:  # each its own run, trained to the end
-        assert row["metric"] == "eval/currency_from_english/{language}/chrf"
+        assert row["metric"] == "-validation/loss/{language}"
         assert row["task"] == f"mini_xp3_{row['language']}" and row["step"] == 3
-        assert row["mixture"] == "mini_xp3_smoke" and 0 <= row["value"] <= 100
-        config_gin = (tmp_path / "sweep" / "runs" / f"{row['language']}_{row['size']}_seed0"
-                      / "config.gin").read_text()
+        assert row["mixture"] == "mini_xp3_smoke" and -20 < row["value"] < 0
+        run_dir = tmp_path / "sweep" / "runs" / f"{row['language']}_{row['size']}_seed0"
+        logged = (run_dir / "metrics.jsonl").read_text()
+        assert f"eval/currency_from_english/{row['language']}/chrf" in logged
+        other = "yo" if row["language"] == "sw" else "sw"  # validated on its own task alone
+        assert f"validation/loss/{other}" not in logged
+        config_gin = (run_dir / "config.gin").read_text()
         assert f"{{'mini_xp3_{row['language']}': {row['size']}}}" in config_gin
 
 

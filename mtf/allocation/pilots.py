@@ -93,10 +93,12 @@ def _score(model_dir: str, key: str, language: str) -> tuple[int, float]:
 
 def run(gin_files: Sequence[str], bindings: Sequence[str], pilots: Sequence[Pilot],
         metric: str, lower_is_better: bool, output: Path, runs_dir: str,
-        eval_mixture: str | None = None) -> Iterator[dict]:
+        eval_mixture: str | None = None, validation_mixture: str | None = None
+        ) -> Iterator[dict]:
     """Runs each pilot not in `output`/pilots.jsonl yet and appends its row; yields rows.
-    eval_mixture: a {language} pattern, the pilot's EVAL_MIXTURE (its own language's
-    evaluation only), else the recipe's."""
+    eval_mixture, validation_mixture: {language} patterns, the pilot's EVAL_MIXTURE and
+    VALIDATION_MIXTURE (its own language's evaluation / validation loss), else the
+    recipe's."""
     if "{language}" not in metric:
         raise UserError(f"--metric {metric!r} must contain {{language}}: the pilot's score "
                         "is its own language's (e.g. 'validation/loss/{language}')")
@@ -115,8 +117,10 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], pilots: Sequence[Pilo
         model_dir = storage.join(runs_dir, pilot.name)
         print(f"pilot {pilot.name}: {pilot.task}, first {pilot.size} examples, in {model_dir}",
               flush=True)
-        evaluation = ([f"EVAL_MIXTURE={eval_mixture.format(language=pilot.language)!r}"]
-                      if eval_mixture else [])
+        evaluation = [f"{macro}={pattern.format(language=pilot.language)!r}"
+                      for macro, pattern in (("EVAL_MIXTURE", eval_mixture),
+                                             ("VALIDATION_MIXTURE", validation_mixture))
+                      if pattern]
         gin.clear_config()
         status = launch.run([*gin_files, str(gin_path)], own + evaluation + [
             f"MODEL_DIR={model_dir!r}", f"SHUFFLE_SEED={pilot.seed}"])
