@@ -165,7 +165,7 @@ def test_user_mistakes_are_one_line(tmp_path, capsys):
     assert "line 1: not a pilot row" in capsys.readouterr().err
 
 
-PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8",
+PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8,32,128",
          "--task", "mini_xp3_{language}", "--eval", "mini_xp3_heldout_currency_{language}",
          "--validate", "mini_xp3_{language}", "--metric", "validation/loss/{language}",
          "--lower_is_better",
@@ -176,12 +176,14 @@ PILOT = ["--gin_file=gin/mt0_tiny.gin", "--languages", "sw,yo", "--sizes", "8",
 
 
 @pytest.mark.slow
-def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
-    """Two pilots, each an ordinary run on the first N examples of its language's task in
-    the recipe's mixture, with its own language's evaluation and validation loss (which
-    the cut task's small share of the mixture would leave without a single example of
-    it); killed after the first row, the sweep run again keeps that row and runs the
-    other."""
+def test_pilots_resume_after_kill_9_then_fit_solve_and_train_the_allocation(tmp_path):
+    """Six pilots (2 languages x 3 sizes), each an ordinary run on the first N examples of
+    its language's task in the recipe's mixture, with its own language's evaluation and
+    validation loss (which the cut task's small share of the mixture would leave without
+    a single example of it); killed after the first row, the sweep run again keeps that
+    row and runs the other five. Then the whole path: fit, solve, and a run of the
+    recipe with the allocation's gin file on the cut tasks. (How well allocation does at
+    this scale: bench/allocation_check.py, in the README.)"""
     import signal
     import subprocess
     import sys
@@ -205,10 +207,10 @@ def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
                            timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"pilot {kept['language']}_{kept['size']}_seed0: done before, kept" in again.stdout
-    assert again.stdout.count("first 8 examples") == 1
+    assert again.stdout.count(" examples, in ") == 5
     table = [json.loads(line) for line in rows.read_text().splitlines()]
-    assert table[0] == kept and {(r["language"], r["size"]) for r in table} == {
-        ("sw", 8), ("yo", 8)}
+    assert table[0] == kept and [(r["language"], r["size"]) for r in table[1:]] == [
+        ("yo", 8), ("sw", 32), ("yo", 32), ("sw", 128), ("yo", 128)]
     for row in table:  # each its own run, trained to the end
         assert row["metric"] == "-validation/loss/{language}"
         assert row["task"] == f"mini_xp3_{row['language']}" and row["step"] == 3
@@ -220,6 +222,23 @@ def test_a_killed_pilot_sweep_runs_only_what_is_missing(tmp_path):
         assert f"validation/loss/{other}" not in logged
         config_gin = (run_dir / "config.gin").read_text()
         assert f"{{'mini_xp3_{row['language']}': {row['size']}}}" in config_gin
+    # 3-step pilots are noise: the tolerance lets any shape through to the rest of the path
+    assert allocate.main(["fit", "--pilots", str(rows), "--output", str(tmp_path / "f.json"),
+                          "--top", "0", "--tolerance", "100"]) == 0
+    assert allocate.main(["solve", "--fits", str(tmp_path / "f.json"), "--budget", "150",
+                          "--caps", "sw=128,yo=128", "--output", str(tmp_path / "a")]) == 0
+    allocation = json.loads((tmp_path / "a" / "allocation.json").read_text())
+    assert sum(allocation.values()) == 150 and max(allocation.values()) <= 128
+    final = subprocess.run(
+        [sys.executable, "-m", "mtf.launch", "--gin_file=gin/mt0_tiny.gin",
+         f"--gin_file={tmp_path / 'a' / 'allocation.gin'}", "--gin.BATCH_SIZE=8",
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.TRAIN_STEPS=2",
+         "--gin.EVAL_PERIOD=None", f"--gin.MODEL_DIR='{tmp_path / 'final'}'"],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    config_gin = (tmp_path / "final" / "config.gin").read_text()
+    assert "cut_mixture.mixture = 'mini_xp3_smoke'" in config_gin
+    assert f"'mini_xp3_sw': {allocation['sw']}" in config_gin
 
 
 def test_pilots_run_smallest_sizes_first_and_refuse_a_pattern_without_the_language():
