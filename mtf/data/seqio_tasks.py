@@ -17,7 +17,7 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
-from mtf.data import languages, templates
+from mtf.data import languages, mixing, templates
 from mtf.data import records as records_lib
 from mtf.errors import SettingError
 
@@ -160,7 +160,7 @@ class RecordSource(seqio.DataSource):
                  in_memory: bool = False, choices: bool = False, sharded_reader: bool = False,
                  files: Callable[[], Sequence[str]] | Sequence[str] = (),
                  task_names: Sequence[str] = (), size: Callable[[], int] | None = None,
-                 skip_bad_records: bool = False, limit: int | None = None) -> None:
+                 skip_bad_records: bool = False) -> None:
         if in_memory and choices:
             raise SettingError("rank-classification tasks stream (their answer lists are "
                                "ragged); register them with in_memory=False")
@@ -175,7 +175,7 @@ class RecordSource(seqio.DataSource):
         self.bad_records = records_lib.BadRecords(skip=skip_bad_records)
         self._size = functools.cache(size) if size else None
         self.signature = _CHOICE_SIGNATURE if choices else _SIGNATURE
-        self.limit = limit  # the first `limit` training examples only (`first_examples`)
+        self.limit: int | None = None  # the first so many training examples only (`first`)
 
     def first(self, limit: int) -> RecordSource:
         """The same source over its first `limit` training examples (validation unchanged)."""
@@ -348,28 +348,23 @@ def cut_mixture(examples: Mapping[str, int], mixture: str | None = None) -> str:
         raise SettingError(f"cut_mixture names tasks that are not registered: {missing} "
                            "(python -m mtf.tasks list shows the names)")
     cut = {task: first_examples(task, int(n)) for task, n in examples.items()}
+    sizes = {task: mixing.size(seqio.get_mixture_or_task(task)) for task in examples}
     if mixture is None:
-        rates = {cut[t]: float(min(int(n), _size(t))) for t, n in examples.items()}
+        rates = {cut[t]: float(min(int(n), sizes[t])) for t, n in examples.items()}
     else:
         whole = seqio.get_mixture_or_task(mixture)
-        members = [t.name for t in whole.tasks] if isinstance(whole, seqio.Mixture) else [
-            mixture]
-        outside = sorted(set(examples) - set(members))
+        rates = ({t.name: float(whole.get_rate(t)) for t in whole.tasks}
+                 if isinstance(whole, seqio.Mixture) else {mixture: 1.0})
+        outside = sorted(set(examples) - set(rates))
         if outside:
             raise SettingError(f"MIXTURE_OR_TASK_NAME={mixture!r} does not contain "
                                f"{outside}: name tasks of the recipe's mixture (python -m "
                                f"mtf.tasks list --filter {mixture})")
-        rates = ({t.name: float(whole.get_rate(t)) for t in whole.tasks}
-                 if isinstance(whole, seqio.Mixture) else {mixture: 1.0})
         for task, n in examples.items():
-            rates[cut[task]] = rates.pop(task) * min(int(n), _size(task)) / _size(task)
+            rates[cut[task]] = rates.pop(task) * min(int(n), sizes[task]) / sizes[task]
     name = f"{mixture or 'cut'}_{zlib.crc32(repr(sorted(examples.items())).encode()):08x}"
     register_mixture(name, list(rates.items()))
     return name
-
-
-def _size(task: str) -> int:
-    return seqio.get_mixture_or_task(task).source.train_size()
 
 
 def register_pending_mixtures() -> None:
