@@ -30,12 +30,14 @@ from mtf import (
     runlock,
     storage,
 )
+from mtf.convert import loading
 from mtf.data import batches, records, seqio_tasks
 from mtf.errors import UserError
 from mtf.eval import evaluation, report, validation
 from mtf.model import ModelConfig
 from mtf.model.family import check_vocabulary, text_ids
 from mtf.run_config import RunConfig
+from mtf.vocabulary import pieces
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -210,6 +212,23 @@ def _take_run_lock(model_dir: str, chief: bool) -> runlock.RunLock | None:
     return lock
 
 
+def check_extended_vocabulary(initial_checkpoint: str | None, tasks_vocabulary: str | None
+                              ) -> None:
+    """Refuses to start from a checkpoint `mtf.vocab extend` wrote while the tasks read
+    another vocabulary: its new rows would never see a token."""
+    if not initial_checkpoint or not storage.exists(initial_checkpoint):
+        return
+    stored = loading.stored_vocabulary(initial_checkpoint)
+    if not stored or stored.endswith(".json"):
+        return
+    model = storage.read_bytes(stored)
+    if pieces.holds_sentinels(model) and (
+            not tasks_vocabulary or storage.read_bytes(tasks_vocabulary) != model):
+        raise UserError(f"INITIAL_CHECKPOINT_PATH={initial_checkpoint} has an extended "
+                        f"vocabulary ({stored}) but the tasks read {tasks_vocabulary}: set "
+                        f"MTF_VOCABULARY={stored}")
+
+
 def train(config: RunConfig) -> TrainResult:
     """Trains `config.model_config` on `config.data` until step `config.train_steps` (the
     same target when it resumes; pretraining steps are not counted), see the module doc."""
@@ -226,6 +245,7 @@ def train(config: RunConfig) -> TrainResult:
         vocabulary = provider.output_features["targets"].vocabulary
         check_vocabulary(model_config, text_ids(vocabulary), vocabulary.eos_id,
                          batches.vocabulary_file(data) or f"of {data.mixture_or_task_name}")
+        check_extended_vocabulary(config.initial_checkpoint_path, batches.vocabulary_file(data))
         task_names = seqio_tasks.task_names(provider)
         batches.token_cache_of(data)  # and if the token cache is stale or damaged
         skipped = records.SkipReport()  # this run's bad records (SKIP_BAD_RECORDS)

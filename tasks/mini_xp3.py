@@ -13,6 +13,7 @@ other targets of the same prompt and language (chance is 25%), beside generation
 from __future__ import annotations
 
 import functools
+import os
 import random
 import zlib
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 import seqio
 
 from mtf.data import cldr, languages, metrics, mixing, seqio_tasks, templates
+from tasks import vocabularies
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates" / "mini_xp3.yaml"
@@ -54,8 +56,10 @@ def template_set() -> templates.TemplateSet:
 
 
 @functools.cache
-def vocabulary() -> seqio.SentencePieceVocabulary:
-    return seqio.SentencePieceVocabulary(str(VOCABULARY_PATH), extra_ids=100)
+def vocabulary() -> seqio.Vocabulary:
+    """The embedded SentencePiece model, or $MTF_VOCABULARY's (e.g. one `mtf.vocab extend`
+    wrote for a language this one splits into many pieces)."""
+    return vocabularies.mt5(os.environ.get("MTF_VOCABULARY") or str(VOCABULARY_PATH))
 
 
 @functools.cache

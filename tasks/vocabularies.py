@@ -11,6 +11,7 @@ import tokenizers
 
 from mtf import storage
 from mtf.errors import MissingFileError
+from mtf.vocabulary import pieces
 
 MT5_VOCABULARY = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 
@@ -22,7 +23,9 @@ class VocabularyError(storage.StorageError):
 class StoredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     """A SentencePiece vocabulary whose model file may live on gs://: it is read through
     `mtf.storage` (seqio would read it with TensorFlow's GCS client) into a local cache at
-    first use, and an unreadable model names MTF_VOCABULARY instead of failing inside seqio."""
+    first use, and an unreadable model names MTF_VOCABULARY instead of failing inside seqio.
+    A model that already holds the sentinels (`mtf.vocab extend` writes them before its
+    new pieces, at the ids they had) gets none appended."""
 
     def __init__(self, sentencepiece_model_file: str, **kwargs):
         super().__init__(sentencepiece_model_file, **kwargs)
@@ -40,6 +43,11 @@ class StoredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
                     f"cannot read the SentencePiece vocabulary {source} ({e}). On a machine "
                     "without access to it, copy sentencepiece.model to a local file and set "
                     "MTF_VOCABULARY=/path/to/sentencepiece.model") from None
+            with open(self._sentencepiece_model_file, "rb") as f:
+                holds = self._extra_ids and pieces.holds_sentinels(f.read(), self._extra_ids)
+            if holds:  # an extended model (mtf.vocab extend): its sentinels are written out
+                self._model = seqio.vocabularies._load_model(  # the loader, adding none
+                    self._sentencepiece_model_file, 0, None, self._reverse_extra_ids)
         return super()._model_context()
 
 

@@ -19,6 +19,7 @@ from flax import traverse_util
 from mtf import storage
 from mtf.convert.errors import CheckpointError, check_names_and_shapes
 from mtf.model import T5Config, flat_shapes, unscan_params
+from mtf.vocabulary import pieces
 
 Params = dict[str, Any]
 
@@ -345,10 +346,13 @@ def usual_modes(path: Path) -> None:
 
 
 def _save_tokenizer(path: Path, vocabulary: str) -> None:
-    """mT5's tokenizer as transformers saves it: spiece.model + T5Tokenizer config."""
-    (path / "spiece.model").write_bytes(storage.read_bytes(vocabulary))
+    """mT5's tokenizer as transformers saves it: spiece.model + T5Tokenizer config (no
+    sentinels added by transformers to a model that holds them: `mtf.vocab extend`'s)."""
+    model = storage.read_bytes(vocabulary)
+    (path / "spiece.model").write_bytes(model)
     special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     (path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "T5Tokenizer", "extra_ids": 100, "legacy": True,
+        {"tokenizer_class": "T5Tokenizer",
+         "extra_ids": 0 if pieces.holds_sentinels(model) else 100, "legacy": True,
          "model_max_length": 1024, **special}, indent=2))

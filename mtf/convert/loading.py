@@ -134,6 +134,12 @@ def load_initial_params(path: str, config: ModelConfig,
             f"{setting}={path} is a {_shape_summary(loaded_config)} model, but the gin "
             f"config asks for {_shape_summary(config)}: include the gin/models/ file of the "
             "checkpoint's family")
+    if loaded_config.vocab_size != config.vocab_size:  # e.g. a vocabulary `mtf.vocab` extended
+        raise CheckpointError(
+            f"{setting}={path} has {loaded_config.vocab_size} vocabulary rows but the gin "
+            f"config's model has {config.vocab_size}: bind NUM_EMBEDDINGS="
+            f"{loaded_config.vocab_size}, and read the tasks with the checkpoint's own "
+            "vocabulary (MTF_VOCABULARY=<its vocabulary.model>)")
     check_names_and_shapes(
         {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params, sep="/").items()},
         flat_shapes(config.replace(scan_layers=loaded_config.scan_layers)),

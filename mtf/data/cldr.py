@@ -79,3 +79,14 @@ def available(language: str) -> bool:
     except (ValueError, babel.UnknownLocaleError):
         return False
     return len(_months(loc)) == 12 and len(_weekdays(loc)) == 7
+
+
+def corpus(language: str) -> list[str]:
+    """Every name CLDR gives in `language`'s own words (languages, countries and regions,
+    scripts, currencies, months, weekdays), each once: text in the language's script to
+    measure and extend a vocabulary with (`mtf.vocab`)."""
+    loc = _locale(language)
+    names = set(_months(loc).values()) | set(_weekdays(loc).values())
+    for table in (loc.languages, loc.territories, loc.scripts, loc.currencies):
+        names.update(v.strip() for v in table.values() if v and v.strip())
+    return sorted(names)
