@@ -24,7 +24,10 @@ import tempfile
 from collections.abc import Sequence
 
 from mtf import cli, storage
+from mtf.convert import native
+from mtf.convert.loading import load_checkpoint
 from mtf.errors import SettingError, UserError
+from mtf.vocabulary import embeddings, fertility, pieces
 
 
 def _base_vocabulary(given: str | None, stored: str | None, checkpoint: str) -> str:
@@ -39,8 +42,6 @@ def _base_vocabulary(given: str | None, stored: str | None, checkpoint: str) -> 
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from mtf.vocabulary import fertility
-
     paths = args.vocabulary or [os.environ.get("MTF_VOCABULARY")]
     if not paths[0]:
         raise SettingError("pass --vocabulary (one or more) or set MTF_VOCABULARY")
@@ -49,10 +50,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_extend(args: argparse.Namespace) -> None:
-    from mtf.convert import native
-    from mtf.convert.loading import load_checkpoint
-    from mtf.vocabulary import embeddings, fertility, pieces
-
     loaded = load_checkpoint(args.checkpoint, setting="--checkpoint")
     base_path = _base_vocabulary(args.vocabulary, loaded.vocabulary, args.checkpoint)
     base = storage.read_bytes(base_path)

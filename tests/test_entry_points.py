@@ -129,6 +129,8 @@ def test_convert_cli_t5x_to_mtf_to_hf_and_back(fixtures, tmp_path):
       "--process_count", "2"), "--process_index 2 is not in 0..1"),
     (("mtf.allocate", "solve", "--fits", "{tmp}/fits.json", "--budget", "10", "--output",
       "{tmp}/o"), "--fits {tmp}/fits.json does not exist"),
+    (("mtf.vocab", "extend", "--checkpoint", "{tmp}/nothing", "--corpus", "{tmp}/gu.txt",
+      "--new_pieces", "10", "--output", "{tmp}/o"), "--checkpoint={tmp}/nothing does not exist"),
 ], ids=lambda a: a[0] if isinstance(a, tuple) else None)
 def test_each_command_answers_a_mistake_in_one_line(args, message, tmp_path):
     """Every entry point goes through `mtf.cli.run`: "error: ...", exit 1, no traceback

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import seqio
 
-from mtf import vocab
+from mtf import infer, vocab
 from mtf.convert import native
+from mtf.convert.errors import CheckpointError
+from mtf.convert.loading import load_initial_params
 from mtf.data import cldr
 from mtf.model import BloomConfig, LlamaConfig, T5Config, Transformer, init_params
 from mtf.vocabulary import embeddings, fertility, pieces
@@ -151,9 +153,9 @@ def test_decoder_only_families_grow_every_vocabulary_matrix(config):
 
 @pytest.mark.slow
 def test_extend_writes_a_checkpoint_that_training_and_the_hf_export_read(tmp_path, capsys):
-    """The command end to end: extend a tiny mT5 checkpoint for Gujarati, train on it (one
-    step, the tasks read with its vocabulary), export it to Hugging Face and tokenise
-    Gujarati there as mtf does."""
+    """The command end to end: extend a tiny mT5 checkpoint for Gujarati, generate from it,
+    train on it (one step, the tasks read with its vocabulary), export it to Hugging Face
+    and tokenise Gujarati there as mtf does."""
     base_dir, extended = tmp_path / "base", tmp_path / "extended"
     native.save_params(base_dir, TINY, init_params(TINY, jax.random.key(1)), BASE)
     train, _ = corpus_split()
@@ -165,6 +167,13 @@ def test_extend_writes_a_checkpoint_that_training_and_the_hf_export_read(tmp_pat
     assert "base tok/char" in out and "extended tok/char" in out and f"wrote {extended}" in out
     config, params = native.load_params(extended)
     assert config.vocab_size % 128 == 0 and config.vocab_size > 4224
+    # a gin model of the old size is refused, naming the size to bind
+    with pytest.raises(CheckpointError, match=f"bind NUM_EMBEDDINGS={config.vocab_size}"):
+        load_initial_params(str(extended), TINY)
+    # inference reads the checkpoint's own vocabulary
+    assert infer.main(["generate", "--checkpoint", str(extended), "--max_decode_length",
+                       "4", "ગુજરાતી ભાષા"]) == 0
+    capsys.readouterr()
     vocabulary = str(extended / "vocabulary.model")
     gin = [f"--gin.{k}={v}" for k, v in {
         "NUM_EMBEDDINGS": config.vocab_size, "INITIAL_CHECKPOINT_PATH": f"'{extended}'",
