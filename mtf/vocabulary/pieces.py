@@ -21,6 +21,7 @@ from mtf.errors import UserError
 
 Piece = model_pb2.ModelProto.SentencePiece
 SENTINELS = 100  # T5's span-corruption sentinels, seqio's extra_ids
+_RULES = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")  # the trainer's built-ins
 
 
 def sentinel_piece(i: int) -> str:
@@ -55,9 +56,8 @@ def holds_sentinels(model: bytes, sentinels: int = SENTINELS) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Extension:
     model: bytes  # the extended SentencePiece model, sentinels included
-    first_new_id: int  # the id of the first new piece
+    first_new_id: int  # the id of the first new piece: the base's ids, sentinels included
     added: tuple[str, ...]  # the new pieces, in id order
-    base_size: int  # ids the base had, its sentinels included
 
     @property
     def size(self) -> int:
@@ -73,7 +73,8 @@ def _train_candidates(corpus: Sequence[str], size: int, base: model_pb2.ModelPro
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(corpus), model_writer=trained, vocab_size=size,
             model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
-            normalization_rule_name=base.normalizer_spec.name or "nmt_nfkc",
+            normalization_rule_name=(base.normalizer_spec.name if base.normalizer_spec.name
+                                     in _RULES else "nmt_nfkc"),
             split_digits=base.trainer_spec.split_digits, num_threads=1,
             input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
             max_sentencepiece_length=base.trainer_spec.max_sentencepiece_length or 16)
@@ -113,8 +114,7 @@ def extend(base_model: bytes, corpus: Iterable[str], new_pieces: int,
             break
     for p in added:
         proto.pieces.add(piece=p.piece, score=p.score, type=Piece.NORMAL)
-    return Extension(proto.SerializeToString(), base_size, tuple(p.piece for p in added),
-                     base_size)
+    return Extension(proto.SerializeToString(), base_size, tuple(p.piece for p in added))
 
 
 def splitter(base_model: bytes) -> spm.SentencePieceProcessor:
