@@ -210,3 +210,18 @@ def test_extend_writes_a_checkpoint_that_training_and_the_hf_export_read(tmp_pat
     ours = vocabularies.mt5(vocabulary).encode(text)
     assert max(ours) >= 4196
     assert AutoTokenizer.from_pretrained(hf)(text).input_ids == ours + [1]  # + EOS
+
+
+def test_a_model_without_sentinel_rows_gets_its_pieces_right_after_the_old_ones(tmp_path):
+    """LLaMA's 32000 rows hold no T5 sentinels: the new pieces follow the old ids directly
+    and seqio appends its sentinels after them, as it did after the old ones."""
+    train, _ = corpus_split()
+    with open(BASE, "rb") as f:
+        extension = pieces.extend(f.read(), train, 200, sentinels=0)
+    assert extension.first_new_id == 4096 and len(extension.added) == 200
+    path = tmp_path / "extended.model"
+    path.write_bytes(extension.model)
+    vocabulary = vocabularies.mt5(str(path))
+    assert vocabulary.vocab_size == 4096 + 200 + 100
+    assert vocabulary.tokenizer.IdToPiece(4096) == extension.added[0]
+    assert vocabulary.tokenizer.IdToPiece(4296) == "▁<extra_id_99>"
