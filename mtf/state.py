@@ -13,6 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtf import partitioning
@@ -93,6 +94,15 @@ def init_adapters(config: ModelConfig, optimizer: optax.GradientTransformation, 
         return _init(config, optimizer, key).replace(frozen=None)
 
     state = jax.jit(fresh, out_shardings=shardings.replace(frozen=None))(rng)
+    rows = lora.token_rows_from(frozen, config)
+    if rows:  # trainable token rows start as the base's rows; fresh optimizer state for them
+        flat = traverse_util.flatten_dict(state.params)
+        places = traverse_util.flatten_dict(shardings.params)
+        flat.update({k: jax.device_put(v.astype(jnp.float32), places[k])
+                     for k, v in rows.items()})
+        params = traverse_util.unflatten_dict(flat)
+        state = state.replace(params=params, opt_state=jax.jit(
+            optimizer.init, out_shardings=shardings.opt_state)(params))
     return state.replace(frozen=frozen)
 
 

@@ -47,8 +47,11 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, family:
     """Numerator (differentiated), the summed statistics of one microbatch, and each target
     token's weighted cross-entropy (for per-language and per-task loss on the host).
     `frozen`: the LoRA base, joined to `params` (the adapters) but not differentiated."""
+    # LoRA's output projection is frozen (no kernel gradient) unless some of its rows train
+    lora_config = getattr(family.config, "lora", None)
+    trains_rows = lora_config is not None and lora_config.trainable_tokens is not None
     if frozen is not None:
-        params = lora.join(frozen, params)
+        params = lora.with_token_rows(lora.join(frozen, params), family.config)
     spec = family.batch_spec
     hidden = family.hidden_states(params, batch, dropout_rng)
     targets = batch[spec.targets]
@@ -60,7 +63,7 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, family:
     numerator, per_token, z = losses.fused_cross_entropy(
         hidden, kernel, targets, token_weights,
         losses.ChunkedLoss(loss.chunks, loss.z_loss, loss.label_smoothing, compute_dtype, scale,
-                           loss.unroll_loops, kernel_grad=frozen is None,
+                           loss.unroll_loops, kernel_grad=frozen is None or trains_rows,
                            kernel=loss.kernel))
     stats = {"denominator": denominator, "z_numerator": jnp.sum(z * token_weights),
              "tokens": jnp.sum(weights)}

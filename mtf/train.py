@@ -34,7 +34,7 @@ from mtf.convert import loading
 from mtf.data import batches, records, seqio_tasks
 from mtf.errors import UserError
 from mtf.eval import evaluation, report, validation
-from mtf.model import ModelConfig
+from mtf.model import ModelConfig, lora
 from mtf.model.family import check_vocabulary, text_ids
 from mtf.run_config import RunConfig
 from mtf.vocabulary import pieces
@@ -229,6 +229,11 @@ def check_extended_vocabulary(initial_checkpoint: str | None, tasks_vocabulary: 
                         f"MTF_VOCABULARY={stored}")
 
 
+def _applied(state: Any, config: ModelConfig) -> Any:
+    """The parameters evaluation applies (LoRA: the base joined with what trains)."""
+    return lora.with_token_rows(state.model_params(), config)
+
+
 def train(config: RunConfig) -> TrainResult:
     """Trains `config.model_config` on `config.data` until step `config.train_steps` (the
     same target when it resumes; pretraining steps are not counted), see the module doc."""
@@ -257,12 +262,15 @@ def train(config: RunConfig) -> TrainResult:
                                data.skip_bad_records, skipped)
         validated = data if config.validation_mixture is None else dataclasses.replace(
             data, mixture_or_task_name=config.validation_mixture, cache_dir=None)
+        applied_shardings = lora.with_token_rows(compiled_step.shardings.model_params(),
+                                                 model_config)
         validation_loss = (validation.ValidationLoss(
-            model_config, mesh, compiled_step.shardings.model_params(), validated, batch_size,
-            loss, num_microbatches, eval_steps, jax.process_index(), jax.process_count())
+            model_config, mesh, applied_shardings, validated, batch_size, loss,
+            num_microbatches, eval_steps, jax.process_index(), jax.process_count())
             if eval_period and eval_steps is not None else None)
         ckpts = run.checkpoints()
         start_point = run.start(ckpts)
+
         train_state, position, source = start_point.state, start_point.position, \
             start_point.source
         start = int(jax.device_get(train_state.step))
@@ -334,11 +342,11 @@ def train(config: RunConfig) -> TrainResult:
                     save_clock.saved()
                 if eval_period and not stop_now and (
                         done % eval_period == 0 or done == train_steps):
+                    applied = _applied(train_state, model_config)
                     if validation_loss is not None:
-                        _validate(validation_loss, train_state.model_params(), done, writer)
+                        _validate(validation_loss, applied, done, writer)
                     if evaluator is not None:
-                        _evaluate(evaluator, train_state.model_params(), done, model_dir, writer,
-                                  source)
+                        _evaluate(evaluator, applied, done, model_dir, writer, source)
                 if stop_now:
                     if chief:
                         print(f"preempted: saved step {done}; rerun the same command to resume",

@@ -16,8 +16,9 @@ import seqio
 from mtf import infer, vocab
 from mtf.convert import native
 from mtf.convert.errors import CheckpointError
-from mtf.convert.loading import load_initial_params
+from mtf.convert.loading import load_checkpoint, load_initial_params
 from mtf.data import cldr
+from mtf.errors import SettingError
 from mtf.model import BloomConfig, LlamaConfig, T5Config, Transformer, init_params
 from mtf.vocabulary import embeddings, fertility, pieces
 from tasks import mini_xp3, vocabularies
@@ -196,6 +197,19 @@ def test_extend_writes_a_checkpoint_that_training_and_the_hf_export_read(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     losses = train_helpers.last_losses(tmp_path / "run")
     assert list(losses) == [1] and np.isfinite(losses[1])
+    # LoRA on it, the new rows trained beside the adapters: merged, only they have moved
+    first = 4196
+    lora_run = [*command[:4], "--gin_file=gin/runs/lora.gin",
+                f"--gin.MODEL_DIR='{tmp_path / 'lora'}'", *command[5:],
+                f"--gin.LORA_TRAINABLE_TOKENS=({first}, {config.vocab_size})",
+                "--gin.TRAIN_STEPS=2", "--gin.LEARNING_RATE=0.01"]
+    done = subprocess.run(lora_run, cwd=train_helpers.REPO, env=train_helpers.env(
+        MTF_VOCABULARY=vocabulary), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = load_checkpoint(str(extended), adapter=str(tmp_path / "lora")).params
+    before, after = (np.asarray(p["token_embedder"]["embedding"]) for p in (params, merged))
+    np.testing.assert_array_equal(after[:first], before[:first])
+    assert np.abs(after[first:] - before[first:]).max() > 1e-4
     # export to HF: the new tokenizer goes with it, no second set of sentinels
     hf = tmp_path / "hf"
     exported = subprocess.run(
@@ -225,3 +239,58 @@ def test_a_model_without_sentinel_rows_gets_its_pieces_right_after_the_old_ones(
     assert vocabulary.vocab_size == 4096 + 200 + 100
     assert vocabulary.tokenizer.IdToPiece(4096) == extension.added[0]
     assert vocabulary.tokenizer.IdToPiece(4296) == "▁<extra_id_99>"
+
+
+def test_lora_trains_the_new_rows_as_full_finetuning_would_and_merges_them():
+    """LORA_TRAINABLE_TOKENS: the rows of the chosen ids in the embedding and the output
+    projection train beside the adapters. They start as the base's rows (the adapted model
+    is the base at step 0), their gradient is full finetuning's for those rows, every other
+    row stays frozen, and merging writes them into the plain model."""
+    from flax import traverse_util
+
+    from mtf.model import LoraConfig, lora
+    from mtf.model.family import family_of
+    from mtf.step import LossConfig, gradients
+
+    first, end = 4196, 4224
+    adapted = TINY.replace(lora=LoraConfig(rank=2, alpha=4.0, trainable_tokens=(first, end)))
+    base = init_params(TINY, jax.random.key(0))
+    _, adapters = lora.split(init_params(adapted, jax.random.key(1)))
+    flat = traverse_util.flatten_dict(adapters)
+    rows = lora.token_rows_from(base, adapted)
+    assert sorted("/".join(k) for k in rows) == [
+        "decoder/logits_dense/kernel_token_rows", "token_embedder/embedding_token_rows"]
+    flat.update(rows)
+    adapters = traverse_util.unflatten_dict(flat)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(first - 20, end, (4, 12)).astype(np.int32)  # old and new ids
+    targets = rng.integers(first - 20, end, (4, 7)).astype(np.int32)
+    batch = {"encoder_input_tokens": jnp.asarray(tokens),
+             "decoder_target_tokens": jnp.asarray(targets),
+             "decoder_input_tokens": jnp.asarray(np.pad(targets[:, :-1], ((0, 0), (1, 0))))}
+    loss = LossConfig(z_loss=0.0)
+    full_loss, full_grads, _ = gradients(base, batch, None, family_of(TINY), loss)
+    lora_loss, lora_grads, _ = gradients(adapters, batch, None, family_of(adapted), loss, 1,
+                                         base)
+    assert float(lora_loss) == pytest.approx(float(full_loss), rel=1e-6)  # B = 0: the base
+    np.testing.assert_allclose(
+        lora_grads["token_embedder"]["embedding_token_rows"],
+        full_grads["token_embedder"]["embedding"][first:end], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        lora_grads["decoder"]["logits_dense"]["kernel_token_rows"],
+        full_grads["decoder"]["logits_dense"]["kernel"][:, first:end], rtol=1e-5, atol=1e-7)
+    assert np.abs(lora_grads["token_embedder"]["embedding_token_rows"]).max() > 0
+    # merged: the trained rows written in, every other row the base's
+    trained = jax.tree.map(lambda x: np.asarray(x) + 1.0, adapters)
+    merged = lora.merge(lora.join(base, trained), adapted)
+    embedding = np.asarray(merged["token_embedder"]["embedding"])
+    np.testing.assert_array_equal(embedding[first:end],
+                                  trained["token_embedder"]["embedding_token_rows"])
+    np.testing.assert_array_equal(embedding[:first],
+                                  np.asarray(base["token_embedder"]["embedding"])[:first])
+    assert "embedding_token_rows" not in merged["token_embedder"]
+    with pytest.raises(SettingError, match="LORA_TRAINABLE_TOKENS"):
+        LoraConfig(trainable_tokens=(10, 5))
+    with pytest.raises(SettingError, match="ends beyond the model's 4224 vocabulary rows"):
+        init_params(TINY.replace(lora=LoraConfig(trainable_tokens=(4196, 5000))),
+                    jax.random.key(0))

@@ -82,6 +82,11 @@ def save(path: str | os.PathLike, config: ModelConfig, adapters: Params,
     if config.lora is None:
         raise CheckpointError("the checkpoint has no LoRA adapters to export (its config has "
                               "no lora): export the model itself with --to hf")
+    if config.lora.trainable_tokens is not None:
+        raise CheckpointError(
+            f"the adapters train token rows (LORA_TRAINABLE_TOKENS="
+            f"{config.lora.trainable_tokens}), which mtf does not write in PEFT's format "
+            "yet: export the merged model instead (--to hf)")
     if config.scan_layers:
         adapters = lora.unscan_adapters(adapters)
     flat = {k: np.asarray(v, np.float32)

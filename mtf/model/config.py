@@ -41,6 +41,9 @@ class LoraConfig:
     dropout: float = 0.0
     targets: str = LORA_DEFAULT_TARGETS
     base_dtype: str = "float32"
+    # ids [first, end) whose rows of every vocabulary matrix train in full beside the
+    # adapters (PEFT's trainable_token_indices): the pieces `mtf.vocab extend` added
+    trainable_tokens: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
@@ -58,6 +61,14 @@ class LoraConfig:
                                f"{e}") from e
         if self.base_dtype not in BASE_DTYPES:
             raise SettingError(f"LORA_BASE_DTYPE={self.base_dtype!r}: use one of {BASE_DTYPES}")
+        if self.trainable_tokens is not None:
+            tokens = tuple(self.trainable_tokens)
+            if (len(tokens) != 2 or not all(isinstance(t, int) for t in tokens)
+                    or not 0 <= tokens[0] < tokens[1]):
+                raise SettingError(f"LORA_TRAINABLE_TOKENS={self.trainable_tokens!r} must be "
+                                   "(first, end): the ids first..end-1, e.g. the range "
+                                   "`mtf.vocab extend` printed")
+            object.__setattr__(self, "trainable_tokens", tokens)
 
     @property
     def scale(self) -> float:

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from mtf.errors import SettingError
 from mtf.model.family import ModelConfig, family_of
-from mtf.model.params import flat_shapes
+from mtf.model.params import TOKEN_ROWS, flat_shapes, logical_axes
 
 Params = dict[str, Any]
 ADAPTER_LEAVES = ("lora_a", "lora_b")
@@ -26,7 +26,46 @@ _CANDIDATE = re.compile(r"/(attention|self_attention|encoder_decoder_attention|m
 
 
 def is_adapter(path: tuple[str, ...]) -> bool:
-    return path[-1] in ADAPTER_LEAVES
+    return path[-1] in ADAPTER_LEAVES or path[-1].endswith(TOKEN_ROWS)
+
+
+def _matrix_of(path: tuple[str, ...]) -> tuple[str, ...]:
+    """The vocabulary matrix whose rows the leaf at `path` (`<matrix>_token_rows`) holds."""
+    return path[:-1] + (path[-1][:-len(TOKEN_ROWS)],)
+
+
+def with_token_rows(params: Params, config: ModelConfig) -> Params:
+    """The tree the network applies: each vocabulary matrix with its trainable rows
+    (LORA_TRAINABLE_TOKENS) written in, the row leaves dropped (a tree of shardings or
+    shapes only drops them). Without trainable rows, `params` as it is."""
+    tokens = config.lora.trainable_tokens if config.lora is not None else None
+    flat = traverse_util.flatten_dict(params)
+    rows = [k for k in flat if k[-1].endswith(TOKEN_ROWS)]
+    if tokens is None or not rows:
+        return params
+    names = traverse_util.flatten_dict(logical_axes(config))
+    for key in rows:
+        value, matrix = flat.pop(key), _matrix_of(key)
+        if isinstance(value, jax.Array | np.ndarray):
+            axis = tuple(names[matrix]).index("vocab")
+            start = [0] * np.ndim(value)
+            start[axis] = tokens[0]
+            flat[matrix] = jax.lax.dynamic_update_slice(
+                flat[matrix], jnp.asarray(value, flat[matrix].dtype), tuple(start))
+    return traverse_util.unflatten_dict(flat)
+
+
+def token_rows_from(base: Params, config: ModelConfig) -> dict[tuple[str, ...], Any]:
+    """{row leaf: the base's rows} for the trainable rows' leaves of `config`'s tree: what
+    they start from (the adapted model equals the base at step 0)."""
+    tokens = config.lora.trainable_tokens if config.lora is not None else None
+    if tokens is None:
+        return {}
+    names = traverse_util.flatten_dict(logical_axes(config))
+    flat = traverse_util.flatten_dict(base)
+    return {key: jax.lax.slice_in_dim(flat[_matrix_of(key)], tokens[0], tokens[1],
+                                      axis=tuple(names[_matrix_of(key)]).index("vocab"))
+            for key in names if key[-1].endswith(TOKEN_ROWS)}
 
 
 def split(params: Params) -> tuple[Params, Params]:
@@ -84,7 +123,7 @@ def merge(params: Params, config: ModelConfig) -> Params:
     if config.lora is None:
         return params
     scale = np.float32(config.lora.scale)
-    flat = traverse_util.flatten_dict(params)
+    flat = traverse_util.flatten_dict(with_token_rows(params, config))
     out = {k: v for k, v in flat.items() if not is_adapter(k)}
     for key in [k for k in flat if k[-1] == "lora_a"]:
         module = key[:-1]
@@ -102,6 +141,9 @@ def unscan_adapters(adapters: Params) -> Params:
     """Adapters of a scanned tree (leading layer axis under `layers`) as `layers_N`."""
     out = {}
     for key, value in traverse_util.flatten_dict(adapters).items():
+        if len(key) < 2 or key[1] != "layers":  # trainable token rows: outside the stacks
+            out[key] = np.asarray(value)
+            continue
         stack, rest = key[0], key[2:]
         for i in range(np.shape(value)[0]):
             out[(stack, f"layers_{i}") + rest] = np.asarray(value[i])
@@ -113,10 +155,13 @@ def scan_adapters(adapters: Params, config: ModelConfig) -> Params:
     tree holds one for all)."""
     layers = family_of(config).layer_stacks
     groups: dict[tuple[str, ...], dict[int, Any]] = {}
+    out = {}
     for key, value in traverse_util.flatten_dict(adapters).items():
+        if len(key) < 2 or not key[1].startswith("layers_"):  # token rows: not in a stack
+            out[key] = np.asarray(value)
+            continue
         index = int(key[1][len("layers_"):])
         groups.setdefault((key[0], "layers") + key[2:], {})[index] = value
-    out = {}
     for key, by_layer in groups.items():
         if sorted(by_layer) != list(range(layers[key[0]])):
             raise SettingError(f"adapters of {'/'.join(key)} exist in layers "

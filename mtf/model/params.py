@@ -10,13 +10,33 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from mtf.errors import SettingError
 from mtf.model.family import ModelConfig, family_of
 
 Params = dict[str, Any]
 
 
+TOKEN_ROWS = "_token_rows"  # the suffix of a vocabulary matrix's trainable rows (LoRA)
+
+
 def _boxed_init(config: ModelConfig, rng: jax.Array) -> Params:
-    return family_of(config).boxed_params(rng)
+    boxed = family_of(config).boxed_params(rng)
+    lora = getattr(config, "lora", None)
+    if lora is None or lora.trainable_tokens is None:
+        return boxed
+    first, end = lora.trainable_tokens
+    if end > config.vocab_size:
+        raise SettingError(f"LORA_TRAINABLE_TOKENS={lora.trainable_tokens} ends beyond the "
+                           f"model's {config.vocab_size} vocabulary rows")
+    flat = traverse_util.flatten_dict(boxed)
+    for key, leaf in list(flat.items()):
+        names = tuple(getattr(leaf, "names", ()) or ())
+        if "vocab" in names:  # the rows, as their matrix lays them out; that axis unsharded
+            axis = names.index("vocab")
+            flat[key[:-1] + (key[-1] + TOKEN_ROWS,)] = leaf.replace(
+                value=jax.lax.slice_in_dim(leaf.value, first, end, axis=axis),
+                names=tuple(None if n == "vocab" else n for n in names))
+    return traverse_util.unflatten_dict(flat)
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
