@@ -48,8 +48,7 @@ def loss_terms(params: Any, batch: Batch, dropout_rng: jax.Array | None, family:
     token's weighted cross-entropy (for per-language and per-task loss on the host).
     `frozen`: the LoRA base, joined to `params` (the adapters) but not differentiated."""
     # LoRA's output projection is frozen (no kernel gradient) unless some of its rows train
-    lora_config = getattr(family.config, "lora", None)
-    trains_rows = lora_config is not None and lora_config.trainable_tokens is not None
+    trains_rows = lora.trainable_tokens(family.config) is not None
     if frozen is not None:
         params = lora.with_token_rows(lora.join(frozen, params), family.config)
     spec = family.batch_spec

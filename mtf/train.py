@@ -270,7 +270,6 @@ def train(config: RunConfig) -> TrainResult:
             if eval_period and eval_steps is not None else None)
         ckpts = run.checkpoints()
         start_point = run.start(ckpts)
-
         train_state, position, source = start_point.state, start_point.position, \
             start_point.source
         start = int(jax.device_get(train_state.step))

@@ -17,7 +17,7 @@ from flax import traverse_util
 
 from mtf.errors import SettingError
 from mtf.model.family import ModelConfig, family_of
-from mtf.model.params import TOKEN_ROWS, flat_shapes, logical_axes
+from mtf.model.params import TOKEN_ROWS, abstract_params, flat_shapes
 
 Params = dict[str, Any]
 ADAPTER_LEAVES = ("lora_a", "lora_b")
@@ -34,22 +34,31 @@ def _matrix_of(path: tuple[str, ...]) -> tuple[str, ...]:
     return path[:-1] + (path[-1][:-len(TOKEN_ROWS)],)
 
 
+def _vocab_axis(matrix: tuple[int, ...], rows: tuple[int, ...]) -> int:
+    """The axis the rows were cut along: where their shape differs from their matrix's (0
+    when they are the whole matrix: every axis then starts at 0)."""
+    return next((i for i, (m, r) in enumerate(zip(matrix, rows, strict=True)) if m != r), 0)
+
+
+def trainable_tokens(config: ModelConfig) -> tuple[int, int] | None:
+    """LORA_TRAINABLE_TOKENS: the ids whose rows train beside the adapters, or None."""
+    return config.lora.trainable_tokens if config.lora is not None else None
+
+
 def with_token_rows(params: Params, config: ModelConfig) -> Params:
     """The tree the network applies: each vocabulary matrix with its trainable rows
     (LORA_TRAINABLE_TOKENS) written in, the row leaves dropped (a tree of shardings or
     shapes only drops them). Without trainable rows, `params` as it is."""
-    tokens = config.lora.trainable_tokens if config.lora is not None else None
+    tokens = trainable_tokens(config)
     flat = traverse_util.flatten_dict(params)
     rows = [k for k in flat if k[-1].endswith(TOKEN_ROWS)]
     if tokens is None or not rows:
         return params
-    names = traverse_util.flatten_dict(logical_axes(config))
     for key in rows:
         value, matrix = flat.pop(key), _matrix_of(key)
         if isinstance(value, jax.Array | np.ndarray):
-            axis = tuple(names[matrix]).index("vocab")
             start = [0] * np.ndim(value)
-            start[axis] = tokens[0]
+            start[_vocab_axis(np.shape(flat[matrix]), np.shape(value))] = tokens[0]
             flat[matrix] = jax.lax.dynamic_update_slice(
                 flat[matrix], jnp.asarray(value, flat[matrix].dtype), tuple(start))
     return traverse_util.unflatten_dict(flat)
@@ -58,14 +67,15 @@ def with_token_rows(params: Params, config: ModelConfig) -> Params:
 def token_rows_from(base: Params, config: ModelConfig) -> dict[tuple[str, ...], Any]:
     """{row leaf: the base's rows} for the trainable rows' leaves of `config`'s tree: what
     they start from (the adapted model equals the base at step 0)."""
-    tokens = config.lora.trainable_tokens if config.lora is not None else None
+    tokens = trainable_tokens(config)
     if tokens is None:
         return {}
-    names = traverse_util.flatten_dict(logical_axes(config))
+    shapes = traverse_util.flatten_dict(abstract_params(config))
     flat = traverse_util.flatten_dict(base)
-    return {key: jax.lax.slice_in_dim(flat[_matrix_of(key)], tokens[0], tokens[1],
-                                      axis=tuple(names[_matrix_of(key)]).index("vocab"))
-            for key in names if key[-1].endswith(TOKEN_ROWS)}
+    return {key: jax.lax.slice_in_dim(
+                flat[_matrix_of(key)], tokens[0], tokens[1],
+                axis=_vocab_axis(shapes[_matrix_of(key)].shape, shape.shape))
+            for key, shape in shapes.items() if key[-1].endswith(TOKEN_ROWS)}
 
 
 def split(params: Params) -> tuple[Params, Params]:

@@ -21,7 +21,7 @@ TOKEN_ROWS = "_token_rows"  # the suffix of a vocabulary matrix's trainable rows
 
 def _boxed_init(config: ModelConfig, rng: jax.Array) -> Params:
     boxed = family_of(config).boxed_params(rng)
-    lora = getattr(config, "lora", None)
+    lora = config.lora
     if lora is None or lora.trainable_tokens is None:
         return boxed
     first, end = lora.trainable_tokens
